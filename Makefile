@@ -1,0 +1,115 @@
+# coin - build, test and run.  See README.md.
+#
+#   make            build bin/coin (installs missing Debian packages first)
+#   make test       build and run every test; ends with "N passed, N failed"
+#   make run        inspect a model and encode a prompt (MODEL=..., PROMPT=...)
+#   make fuzz       fuzz the safetensors reader for FUZZ_SECONDS (default 30)
+#
+# CUDA: when nvcc is on PATH (or NVCC=... is given) the CUDA backend in cuda/
+# is compiled and linked in; without it coin is CPU-only.
+
+CC      ?= cc
+ifeq ($(origin CC),default)
+CC      := gcc
+endif
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -MMD -MP
+CPPFLAGS += -I. -I/usr/include/cjson
+LDLIBS  += -lopenblas -lcjson -lutf8proc -lz -lm -fopenmp
+
+NVCC    ?= $(shell command -v nvcc 2>/dev/null)
+FUZZ_SECONDS ?= 30
+
+BUILD   := build
+CORE_SRC := $(wildcard core/*.c)
+TUI_SRC  := $(wildcard tui/*.c)
+TEST_SRC := $(wildcard tests/*.c)
+CUDA_SRC := $(wildcard cuda/*.cu)
+
+CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o) $(BUILD)/vocab_blob.o
+TUI_OBJ  := $(TUI_SRC:%.c=$(BUILD)/%.o)
+TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
+
+ifneq ($(NVCC),)
+ifneq ($(CUDA_SRC),)
+CUDA_OBJ := $(CUDA_SRC:%.cu=$(BUILD)/%.o)
+CPPFLAGS += -DCOIN_HAVE_CUDA=1
+LDLIBS   += -lcudart -lcublas -lcurand -lstdc++
+endif
+endif
+
+VOCAB := $(BUILD)/vocab/bpe_simple_vocab_16e6.txt.gz
+DEPS_STAMP := $(BUILD)/.deps-ok
+
+.PHONY: all test run fuzz deps clean info
+all: bin/coin
+
+deps: $(DEPS_STAMP)
+$(DEPS_STAMP): tools/install_deps.sh
+	@sh tools/install_deps.sh
+	@mkdir -p $(BUILD) && touch $@
+
+$(VOCAB): tools/fetch_vocab.sh | $(DEPS_STAMP)
+	@sh tools/fetch_vocab.sh $(BUILD)/vocab
+
+# The CLIP merges file is embedded in the library, so coin needs no data
+# files at run time.
+$(BUILD)/vocab_blob.S: $(VOCAB)
+	@mkdir -p $(dir $@)
+	@printf '\t.section .rodata\n\t.global coin_vocab_gz\n\t.global coin_vocab_gz_end\n\t.balign 16\ncoin_vocab_gz:\n\t.incbin "%s"\ncoin_vocab_gz_end:\n\t.section .note.GNU-stack,"",@progbits\n' "$(abspath $(VOCAB))" > $@
+$(BUILD)/vocab_blob.o: $(BUILD)/vocab_blob.S
+	$(CC) -c $< -o $@
+
+$(BUILD)/%.o: %.c | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) -O2 -I. -c $< -o $@
+
+$(BUILD)/libcoin.a: $(CORE_OBJ) $(CUDA_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+bin/coin: $(TUI_OBJ) $(BUILD)/libcoin.a
+	@mkdir -p bin
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(TUI_OBJ) $(BUILD)/libcoin.a $(LDLIBS)
+
+bin/coin_tests: $(TEST_OBJ) $(BUILD)/libcoin.a
+	@mkdir -p bin
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(TEST_OBJ) $(BUILD)/libcoin.a $(LDLIBS)
+
+# The fuzz target: libFuzzer (clang) over the safetensors reader.  UBSan is
+# made fatal, or undefined behaviour would only be printed and pass.
+FUZZ_CORE := core/safetensors.c core/error.c
+bin/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c $(FUZZ_CORE) core/safetensors.h | $(DEPS_STAMP)
+	@mkdir -p bin
+	clang -std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -I. -fsanitize=fuzzer,address,undefined \
+	    -fno-sanitize-recover=all -o $@ tests/fuzz/fuzz_safetensors.c $(FUZZ_CORE) -lm
+
+fuzz: bin/fuzz_safetensors
+	@mkdir -p $(BUILD)/fuzz-corpus
+	bin/fuzz_safetensors -max_total_time=$(FUZZ_SECONDS) -print_final_stats=0 \
+	    -dict=tests/fuzz/safetensors.dict -artifact_prefix=$(BUILD)/fuzz- \
+	    $(BUILD)/fuzz-corpus tests/fuzz/corpus 2>$(BUILD)/fuzz.log || \
+	    { tail -40 $(BUILD)/fuzz.log; echo "fuzz: the safetensors reader crashed; see $(BUILD)/fuzz.log"; exit 1; }
+	@grep -E '^(#[0-9]+ +DONE|Done)' $(BUILD)/fuzz.log | tail -1 || true
+	@echo "fuzz: $(FUZZ_SECONDS) s on the safetensors reader, nothing found"
+
+test: bin/coin bin/coin_tests fuzz
+	@bin/coin_tests
+
+MODEL  ?= tests/golden/te_sd1/sd1_tiny.safetensors
+PROMPT ?= a photo of a cat giving a thumbs up
+run: bin/coin
+	bin/coin info $(MODEL)
+	bin/coin encode --model $(MODEL) --prompt "$(PROMPT)" --out $(BUILD)/encoded.safetensors
+
+info:
+	@echo "CC=$(CC) NVCC=$(if $(NVCC),$(NVCC),none) CUDA sources: $(words $(CUDA_SRC))"
+
+clean:
+	rm -rf $(BUILD) bin
+
+-include $(wildcard $(BUILD)/*/*.d)

@@ -1,0 +1,437 @@
+/*
+ * backend_cpu.c - the CPU backend: the reference every other backend is
+ * checked against.
+ *
+ * Plain C over host memory, OpenMP across rows, GEMMs through OpenBLAS.
+ * Sums that decide accuracy (LayerNorm statistics, softmax denominators) are
+ * accumulated in double so that the result does not depend on thread count.
+ */
+#include "tensor.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define F(t) ((float *)(t)->mem)
+#define CF(t) ((const float *)(t)->mem)
+
+static void *cpu_alloc(size_t bytes)
+{
+    /* 64-byte alignment suits AVX-512 loads and OpenBLAS's packing. */
+    size_t rounded = (bytes + 63) & ~(size_t)63;
+    return aligned_alloc(64, rounded ? rounded : 64);
+}
+
+static void cpu_free(void *mem) { free(mem); }
+
+static int cpu_upload(void *dst, const float *src, size_t n)
+{
+    memcpy(dst, src, n * sizeof(float));
+    return 0;
+}
+
+static int cpu_download(float *dst, const void *src, size_t n)
+{
+    memcpy(dst, src, n * sizeof(float));
+    return 0;
+}
+
+static int cpu_linear(tensor *y, const tensor *x, const tensor *w, const tensor *b)
+{
+    int64_t K = x->shape[x->ndim - 1], N = w->shape[0], M = x->n / K;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K,
+                1.0f, CF(x), (int)K, CF(w), (int)K, 0.0f, F(y), (int)N);
+    if (b) {
+        float *out = F(y);
+        const float *bias = CF(b);
+#pragma omp parallel for if (M * N > 65536)
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t j = 0; j < N; j++)
+                out[i * N + j] += bias[j];
+    }
+    return 0;
+}
+
+static int cpu_layernorm(tensor *y, const tensor *x, const tensor *g,
+                         const tensor *b, float eps)
+{
+    int64_t D = x->shape[x->ndim - 1], M = x->n / D;
+    const float *gamma = CF(g), *beta = CF(b);
+#pragma omp parallel for if (M * D > 65536)
+    for (int64_t i = 0; i < M; i++) {
+        const float *row = CF(x) + i * D;
+        float *out = F(y) + i * D;
+        double sum = 0, sq = 0;
+        for (int64_t j = 0; j < D; j++)
+            sum += row[j];
+        double mean = sum / (double)D;
+        for (int64_t j = 0; j < D; j++) {
+            double d = row[j] - mean;
+            sq += d * d;
+        }
+        /* Biased variance, as torch.nn.LayerNorm. */
+        float inv = (float)(1.0 / sqrt(sq / (double)D + eps));
+        for (int64_t j = 0; j < D; j++)
+            out[j] = (float)(row[j] - mean) * inv * gamma[j] + beta[j];
+    }
+    return 0;
+}
+
+static int cpu_add(tensor *y, const tensor *a, const tensor *b)
+{
+    float *out = F(y);
+    const float *pa = CF(a), *pb = CF(b);
+#pragma omp parallel for if (y->n > 65536)
+    for (int64_t i = 0; i < y->n; i++)
+        out[i] = pa[i] + pb[i];
+    return 0;
+}
+
+static int cpu_gelu(tensor *y, const tensor *x)
+{
+    float *out = F(y);
+    const float *in = CF(x);
+#pragma omp parallel for if (y->n > 65536)
+    for (int64_t i = 0; i < y->n; i++)
+        out[i] = 0.5f * in[i] * (1.0f + erff(in[i] * (float)M_SQRT1_2));
+    return 0;
+}
+
+static int cpu_quick_gelu(tensor *y, const tensor *x)
+{
+    float *out = F(y);
+    const float *in = CF(x);
+#pragma omp parallel for if (y->n > 65536)
+    for (int64_t i = 0; i < y->n; i++)
+        out[i] = in[i] / (1.0f + expf(-1.702f * in[i]));
+    return 0;
+}
+
+/*
+ * Short sequences (the text encoder): one query row at a time per (batch,
+ * head), the row's scores in a per-thread buffer of S floats.
+ */
+static int attention_rows(tensor *o, const tensor *q, const tensor *k,
+                          const tensor *v, int heads, int causal)
+{
+    int64_t B = q->shape[0], T = q->shape[1], S = k->shape[1];
+    int64_t C = q->shape[2], Cv = v->shape[2];
+    int64_t hd = C / heads, hdv = Cv / heads;
+    float scale = 1.0f / sqrtf((float)hd);
+    int failed = 0;
+#pragma omp parallel
+    {
+        float *score = malloc((size_t)S * sizeof(float));
+        double *acc = malloc((size_t)hdv * sizeof(double));
+        if (!score || !acc) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for collapse(2) schedule(static)
+        for (int64_t bh = 0; bh < B * heads; bh++)
+            for (int64_t i = 0; i < T; i++) {
+                if (!score || !acc)
+                    continue;
+                int64_t b = bh / heads, h = bh % heads;
+                const float *qi = CF(q) + (b * T + i) * C + h * hd;
+                int64_t n_keys = causal ? i + 1 : S;
+                float max = -INFINITY;
+                for (int64_t j = 0; j < n_keys; j++) {
+                    const float *kj = CF(k) + (b * S + j) * C + h * hd;
+                    float dot = 0;
+                    for (int64_t d = 0; d < hd; d++)
+                        dot += qi[d] * kj[d];
+                    score[j] = dot * scale;
+                    if (score[j] > max)
+                        max = score[j];
+                }
+                double denom = 0;
+                for (int64_t j = 0; j < n_keys; j++) {
+                    score[j] = expf(score[j] - max);
+                    denom += score[j];
+                }
+                for (int64_t d = 0; d < hdv; d++)
+                    acc[d] = 0;
+                for (int64_t j = 0; j < n_keys; j++) {
+                    const float *vj = CF(v) + (b * S + j) * Cv + h * hdv;
+                    for (int64_t d = 0; d < hdv; d++)
+                        acc[d] += (double)score[j] * vj[d];
+                }
+                float *oi = F(o) + (b * T + i) * Cv + h * hdv;
+                for (int64_t d = 0; d < hdv; d++)
+                    oi[d] = (float)(acc[d] / denom);
+            }
+        free(score);
+        free(acc);
+    }
+    return failed ? COIN_ENOMEM : 0;
+}
+
+static int cpu_embed(tensor *y, const tensor *table, const int32_t *ids,
+                     const tensor *pos)
+{
+    int64_t BT = y->shape[0] * y->shape[1], T = y->shape[1], D = y->shape[2];
+#pragma omp parallel for if (BT * D > 65536)
+    for (int64_t i = 0; i < BT; i++) {
+        const float *row = CF(table) + (int64_t)ids[i] * D;
+        const float *p = CF(pos) + (i % T) * D;
+        float *out = F(y) + i * D;
+        for (int64_t d = 0; d < D; d++)
+            out[d] = row[d] + p[d];
+    }
+    return 0;
+}
+
+/*
+ * Long sequences (UNet self-attention over 4096+ positions): blocks of query
+ * rows per (batch, head), scores = Q K^T and out = P V as GEMMs.  A block's
+ * score matrix is capped at ATTN_BLOCK_FLOATS, so memory stays bounded
+ * however long the sequence: the whole T x S matrix is never formed.
+ */
+#define ATTN_BLOCK_FLOATS (1 << 20)
+
+static int attention_blocks(tensor *o, const tensor *q, const tensor *k,
+                            const tensor *v, int heads, int causal)
+{
+    int64_t B = q->shape[0], T = q->shape[1], S = k->shape[1];
+    int64_t C = q->shape[2], Cv = v->shape[2];
+    int64_t hd = C / heads, hdv = Cv / heads;
+    int64_t rows = ATTN_BLOCK_FLOATS / S;
+    if (rows < 1)
+        rows = 1;
+    if (rows > T)
+        rows = T;
+    float *score = malloc((size_t)(rows * S) * sizeof(float));
+    if (!score)
+        return COIN_ENOMEM;
+    float scale = 1.0f / sqrtf((float)hd);
+    for (int64_t b = 0; b < B; b++)
+        for (int h = 0; h < heads; h++)
+            for (int64_t i0 = 0; i0 < T; i0 += rows) {
+                int64_t n = T - i0 < rows ? T - i0 : rows;
+                const float *qb = CF(q) + (b * T + i0) * C + h * hd;
+                const float *kb = CF(k) + b * S * C + h * hd;
+                const float *vb = CF(v) + b * S * Cv + h * hdv;
+                float *ob = F(o) + (b * T + i0) * Cv + h * hdv;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)S, (int)hd,
+                            scale, qb, (int)C, kb, (int)C, 0.0f, score, (int)S);
+#pragma omp parallel for
+                for (int64_t r = 0; r < n; r++) {
+                    float *row = score + r * S;
+                    int64_t keys = causal ? i0 + r + 1 : S;
+                    float max = -INFINITY;
+                    for (int64_t j = 0; j < keys; j++)
+                        max = row[j] > max ? row[j] : max;
+                    double denom = 0;
+                    for (int64_t j = 0; j < keys; j++) {
+                        row[j] = expf(row[j] - max);
+                        denom += row[j];
+                    }
+                    float inv = (float)(1.0 / denom);
+                    for (int64_t j = 0; j < keys; j++)
+                        row[j] *= inv;
+                    for (int64_t j = keys; j < S; j++)
+                        row[j] = 0.0f;
+                }
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)hdv, (int)S,
+                            1.0f, score, (int)S, vb, (int)Cv, 0.0f, ob, (int)Cv);
+            }
+    free(score);
+    return 0;
+}
+
+static int cpu_attention(tensor *o, const tensor *q, const tensor *k,
+                         const tensor *v, int heads, int causal)
+{
+    /* Below this many scores per head GEMM set-up costs more than it saves. */
+    if (q->shape[1] * k->shape[1] <= 128 * 128)
+        return attention_rows(o, q, k, v, heads, causal);
+    return attention_blocks(o, q, k, v, heads, causal);
+}
+
+/*
+ * Convolution as im2col + GEMM, one band of output rows at a time so that
+ * the column buffer stays under CONV_BAND_FLOATS (a 512x512 VAE layer would
+ * otherwise need over a gigabyte).  1x1 convolutions skip im2col.
+ */
+#define CONV_BAND_FLOATS (1 << 21)
+
+static int cpu_conv2d(tensor *y, const tensor *x, const tensor *w, const tensor *b,
+                      int stride, const int pad[4])
+{
+    int64_t B = x->shape[0], Ci = x->shape[1], H = x->shape[2], W = x->shape[3];
+    int64_t Co = w->shape[0], KH = w->shape[2], KW = w->shape[3];
+    int64_t Ho = y->shape[2], Wo = y->shape[3], K = Ci * KH * KW;
+    int pointwise = KH == 1 && KW == 1 && stride == 1 && !pad[0] && !pad[1] && !pad[2] && !pad[3];
+    int64_t band = pointwise ? Ho : CONV_BAND_FLOATS / (K * Wo);
+    if (band < 1)
+        band = 1;
+    if (band > Ho)
+        band = Ho;
+    float *cols = pointwise ? NULL : malloc((size_t)(K * band * Wo) * sizeof(float));
+    if (!pointwise && !cols)
+        return COIN_ENOMEM;
+    for (int64_t n = 0; n < B; n++) {
+        const float *xn = CF(x) + n * Ci * H * W;
+        float *yn = F(y) + n * Co * Ho * Wo;
+        if (pointwise) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)Co, (int)(H * W),
+                        (int)Ci, 1.0f, CF(w), (int)Ci, xn, (int)(H * W), 0.0f, yn, (int)(H * W));
+            continue;
+        }
+        for (int64_t r0 = 0; r0 < Ho; r0 += band) {
+            int64_t rows = Ho - r0 < band ? Ho - r0 : band, width = rows * Wo;
+#pragma omp parallel for
+            for (int64_t kk = 0; kk < K; kk++) {
+                int64_t c = kk / (KH * KW), ky = kk / KW % KH, kx = kk % KW;
+                float *dst = cols + kk * width;
+                for (int64_t oy = 0; oy < rows; oy++) {
+                    int64_t iy = (r0 + oy) * stride + ky - pad[0];
+                    for (int64_t ox = 0; ox < Wo; ox++) {
+                        int64_t ix = ox * stride + kx - pad[2];
+                        dst[oy * Wo + ox] = iy >= 0 && iy < H && ix >= 0 && ix < W
+                                                ? xn[(c * H + iy) * W + ix] : 0.0f;
+                    }
+                }
+            }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)Co, (int)width, (int)K,
+                        1.0f, CF(w), (int)K, cols, (int)width, 0.0f, yn + r0 * Wo, (int)(Ho * Wo));
+        }
+    }
+    free(cols);
+    if (b) {
+        const float *bias = CF(b);
+#pragma omp parallel for collapse(2)
+        for (int64_t n = 0; n < B; n++)
+            for (int64_t c = 0; c < Co; c++) {
+                float *p = F(y) + (n * Co + c) * Ho * Wo;
+                for (int64_t i = 0; i < Ho * Wo; i++)
+                    p[i] += bias[c];
+            }
+    }
+    return 0;
+}
+
+static int cpu_group_norm(tensor *y, const tensor *x, const tensor *g,
+                          const tensor *b, int groups, float eps)
+{
+    int64_t B = x->shape[0], C = x->shape[1], S = x->n / (B * C), cg = C / groups;
+    const float *gamma = CF(g), *beta = CF(b);
+#pragma omp parallel for collapse(2)
+    for (int64_t n = 0; n < B; n++)
+        for (int64_t grp = 0; grp < groups; grp++) {
+            const float *in = CF(x) + (n * C + grp * cg) * S;
+            float *out = F(y) + (n * C + grp * cg) * S;
+            double sum = 0, sq = 0;
+            for (int64_t i = 0; i < cg * S; i++)
+                sum += in[i];
+            double mean = sum / (double)(cg * S);
+            for (int64_t i = 0; i < cg * S; i++)
+                sq += (in[i] - mean) * (in[i] - mean);
+            float inv = (float)(1.0 / sqrt(sq / (double)(cg * S) + eps));
+            for (int64_t c = 0; c < cg; c++) {
+                float a = inv * gamma[grp * cg + c], sh = beta[grp * cg + c];
+                for (int64_t i = 0; i < S; i++)
+                    out[c * S + i] = (float)(in[c * S + i] - mean) * a + sh;
+            }
+        }
+    return 0;
+}
+
+static int cpu_silu(tensor *y, const tensor *x)
+{
+    float *out = F(y);
+    const float *in = CF(x);
+#pragma omp parallel for if (y->n > 65536)
+    for (int64_t i = 0; i < y->n; i++)
+        out[i] = in[i] / (1.0f + expf(-in[i]));
+    return 0;
+}
+
+static int cpu_upsample2x(tensor *y, const tensor *x)
+{
+    int64_t BC = x->shape[0] * x->shape[1], H = x->shape[2], W = x->shape[3];
+#pragma omp parallel for
+    for (int64_t p = 0; p < BC; p++) {
+        const float *in = CF(x) + p * H * W;
+        float *out = F(y) + p * 4 * H * W;
+        for (int64_t i = 0; i < 2 * H; i++)
+            for (int64_t j = 0; j < 2 * W; j++)
+                out[i * 2 * W + j] = in[(i / 2) * W + j / 2];
+    }
+    return 0;
+}
+
+static int cpu_concat(tensor *y, const tensor *a, const tensor *b)
+{
+    int64_t B = a->shape[0], na = a->n / B, nb = b->n / B;
+    for (int64_t n = 0; n < B; n++) {
+        memcpy(F(y) + n * (na + nb), CF(a) + n * na, (size_t)na * sizeof(float));
+        memcpy(F(y) + n * (na + nb) + na, CF(b) + n * nb, (size_t)nb * sizeof(float));
+    }
+    return 0;
+}
+
+static int cpu_add_channel(tensor *y, const tensor *x, const tensor *v)
+{
+    int64_t BC = x->shape[0] * x->shape[1], S = x->n / BC;
+    const float *add = CF(v);
+#pragma omp parallel for if (x->n > 65536)
+    for (int64_t p = 0; p < BC; p++)
+        for (int64_t i = 0; i < S; i++)
+            F(y)[p * S + i] = CF(x)[p * S + i] + add[p];
+    return 0;
+}
+
+static int cpu_transpose(tensor *y, const tensor *x)
+{
+    int64_t B = x->shape[0], M = x->shape[1], N = x->shape[2];
+    /* Tiles keep both the reads and the writes within cache lines. */
+    enum { TILE = 32 };
+#pragma omp parallel for collapse(2)
+    for (int64_t n = 0; n < B; n++)
+        for (int64_t i0 = 0; i0 < M; i0 += TILE)
+            for (int64_t j0 = 0; j0 < N; j0 += TILE) {
+                const float *in = CF(x) + n * M * N;
+                float *out = F(y) + n * M * N;
+                for (int64_t i = i0; i < i0 + TILE && i < M; i++)
+                    for (int64_t j = j0; j < j0 + TILE && j < N; j++)
+                        out[j * M + i] = in[i * N + j];
+            }
+    return 0;
+}
+
+static int cpu_geglu(tensor *y, const tensor *x)
+{
+    int64_t width = y->shape[y->ndim - 1], M = y->n / width;
+#pragma omp parallel for if (y->n > 65536)
+    for (int64_t r = 0; r < M; r++) {
+        const float *val = CF(x) + r * 2 * width, *gate = val + width;
+        float *out = F(y) + r * width;
+        for (int64_t j = 0; j < width; j++)
+            out[j] = val[j] * 0.5f * gate[j] * (1.0f + erff(gate[j] * (float)M_SQRT1_2));
+    }
+    return 0;
+}
+
+static int cpu_scale(tensor *y, const tensor *x, float s)
+{
+#pragma omp parallel for if (y->n > 65536)
+    for (int64_t i = 0; i < y->n; i++)
+        F(y)[i] = CF(x)[i] * s;
+    return 0;
+}
+
+static const coin_backend cpu_backend = {
+    .name = "cpu",
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_upload,
+    .download = cpu_download,
+#define COIN_OP_INIT(name, args) .name = cpu_##name,
+    COIN_BACKEND_OPS(COIN_OP_INIT)
+#undef COIN_OP_INIT
+};
+
+const coin_backend *backend_cpu(void) { return &cpu_backend; }

@@ -1,0 +1,188 @@
+/*
+ * clip.c - CLIP text encoder forward pass (see clip.h).
+ */
+#include "clip.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TRY(expr)                 \
+    do {                          \
+        if ((rc = (expr)) != 0)   \
+            goto done;            \
+    } while (0)
+
+/* Loads one canonical text-encoder tensor, requiring exactly the given
+ * shape (ndim 1 or 2). */
+static int load_tensor(tensor *dst, const checkpoint *ck, const coin_backend *be,
+                       const char *name, int64_t d0, int64_t d1, coin_error *err)
+{
+    const ckpt_tensor *src = checkpoint_find(ck, COMP_TEXT_ENCODER, name);
+    int ndim = d1 ? 2 : 1;
+    if (!src)
+        return coin_fail(err, COIN_ENOTFOUND, "%s: the text encoder has no tensor '%s'",
+                         ck->path, name);
+    if (src->ndim != ndim || src->shape[0] != d0 || (d1 && src->shape[1] != d1))
+        return coin_fail(err, COIN_ESHAPE,
+                         "%s: text encoder tensor '%s' has shape [%lld%s%lld] where "
+                         "[%lld%s%lld] was expected", src->file->path, name,
+                         (long long)src->shape[0], src->ndim > 1 ? ", " : "",
+                         src->ndim > 1 ? (long long)src->shape[1] : 0LL,
+                         (long long)d0, d1 ? ", " : "", (long long)d1);
+    float *host = malloc(src->nelem * sizeof(float));
+    if (!host)
+        return coin_fail(err, COIN_ENOMEM, "out of memory loading '%s'", name);
+    int rc = checkpoint_read_f32(ck, src, host, src->nelem, err);
+    if (!rc)
+        rc = d1 ? tensor_alloc2(dst, be, d0, d1, err) : tensor_alloc1(dst, be, d0, err);
+    if (!rc)
+        rc = tensor_upload(dst, host, (int64_t)src->nelem, err);
+    free(host);
+    return rc;
+}
+
+static int load_layer(clip_layer *L, const checkpoint *ck, const coin_backend *be,
+                      int i, coin_error *err)
+{
+    const clip_config *c = &ck->text;
+    int64_t D = c->width, I = c->intermediate;
+    char name[160];
+    struct { tensor *t; const char *suffix; int64_t d0, d1; } parts[] = {
+        {&L->ln1_w, "layer_norm1.weight", D, 0},
+        {&L->ln1_b, "layer_norm1.bias", D, 0},
+        {&L->q_w, "self_attn.q_proj.weight", D, D},
+        {&L->q_b, "self_attn.q_proj.bias", D, 0},
+        {&L->k_w, "self_attn.k_proj.weight", D, D},
+        {&L->k_b, "self_attn.k_proj.bias", D, 0},
+        {&L->v_w, "self_attn.v_proj.weight", D, D},
+        {&L->v_b, "self_attn.v_proj.bias", D, 0},
+        {&L->o_w, "self_attn.out_proj.weight", D, D},
+        {&L->o_b, "self_attn.out_proj.bias", D, 0},
+        {&L->ln2_w, "layer_norm2.weight", D, 0},
+        {&L->ln2_b, "layer_norm2.bias", D, 0},
+        {&L->fc1_w, "mlp.fc1.weight", I, D},
+        {&L->fc1_b, "mlp.fc1.bias", I, 0},
+        {&L->fc2_w, "mlp.fc2.weight", D, I},
+        {&L->fc2_b, "mlp.fc2.bias", D, 0},
+    };
+    for (size_t p = 0; p < sizeof parts / sizeof parts[0]; p++) {
+        snprintf(name, sizeof name, "text_model.encoder.layers.%d.%s", i, parts[p].suffix);
+        int rc = load_tensor(parts[p].t, ck, be, name, parts[p].d0, parts[p].d1, err);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static void free_layer(clip_layer *L)
+{
+    tensor *all[] = {&L->ln1_w, &L->ln1_b, &L->q_w, &L->k_w, &L->v_w, &L->o_w,
+                     &L->q_b, &L->k_b, &L->v_b, &L->o_b, &L->ln2_w, &L->ln2_b,
+                     &L->fc1_w, &L->fc1_b, &L->fc2_w, &L->fc2_b};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        tensor_free(all[i]);
+}
+
+int clip_load(clip_model **out, const checkpoint *ck, const coin_backend *be,
+              coin_error *err)
+{
+    *out = NULL;
+    const clip_config *c = &ck->text;
+    if (!ck->has_text_encoder)
+        return coin_fail(err, COIN_ENOTFOUND, "%s: no text encoder in this model", ck->path);
+    if (c->heads <= 0 || c->width % c->heads || c->layers < 1 || c->intermediate <= 0)
+        return coin_fail(err, COIN_EFORMAT,
+                         "%s: cannot run this text encoder (width %lld, %d heads, "
+                         "%d layers, MLP width %lld); see `coin info`", ck->path,
+                         (long long)c->width, c->heads, c->layers,
+                         (long long)c->intermediate);
+    clip_model *m = calloc(1, sizeof *m);
+    if (!m || !(m->layers = calloc((size_t)c->layers, sizeof *m->layers))) {
+        free(m);
+        return coin_fail(err, COIN_ENOMEM, "out of memory");
+    }
+    m->cfg = *c;
+    m->be = be;
+    int64_t D = c->width;
+    int rc;
+    TRY(load_tensor(&m->tok_emb, ck, be, "text_model.embeddings.token_embedding.weight",
+                    c->vocab, D, err));
+    TRY(load_tensor(&m->pos_emb, ck, be, "text_model.embeddings.position_embedding.weight",
+                    c->positions, D, err));
+    for (int i = 0; i < c->layers; i++)
+        TRY(load_layer(&m->layers[i], ck, be, i, err));
+    TRY(load_tensor(&m->lnf_w, ck, be, "text_model.final_layer_norm.weight", D, 0, err));
+    TRY(load_tensor(&m->lnf_b, ck, be, "text_model.final_layer_norm.bias", D, 0, err));
+done:
+    if (rc) {
+        clip_free(m);
+        return rc;
+    }
+    *out = m;
+    return 0;
+}
+
+void clip_free(clip_model *m)
+{
+    if (!m)
+        return;
+    tensor_free(&m->tok_emb);
+    tensor_free(&m->pos_emb);
+    for (int i = 0; m->layers && i < m->cfg.layers; i++)
+        free_layer(&m->layers[i]);
+    free(m->layers);
+    tensor_free(&m->lnf_w);
+    tensor_free(&m->lnf_b);
+    free(m);
+}
+
+int clip_forward(const clip_model *m, const int32_t *ids, int B, tensor *out,
+                 coin_error *err)
+{
+    const clip_config *c = &m->cfg;
+    const coin_backend *be = m->be;
+    int64_t T = c->positions, D = c->width, I = c->intermediate;
+    tensor h = {0}, q = {0}, k = {0}, v = {0}, a = {0}, mlp = {0};
+    int rc;
+    memset(out, 0, sizeof *out);
+    if (B < 1)
+        return coin_fail(err, COIN_EINVAL, "clip_forward: batch of %d", B);
+    TRY(tensor_alloc3(out, be, B, T, D, err));
+    TRY(tensor_alloc3(&h, be, B, T, D, err));
+    TRY(tensor_alloc3(&q, be, B, T, D, err));
+    TRY(tensor_alloc3(&k, be, B, T, D, err));
+    TRY(tensor_alloc3(&v, be, B, T, D, err));
+    TRY(tensor_alloc3(&a, be, B, T, D, err));
+    TRY(tensor_alloc3(&mlp, be, B, T, I, err));
+
+    tensor *x = out;    /* the residual stream lives in the output tensor */
+    TRY(op_embed(x, &m->tok_emb, ids, &m->pos_emb, err));
+    for (int i = 0; i < c->layers; i++) {
+        const clip_layer *L = &m->layers[i];
+        TRY(op_layernorm(&h, x, &L->ln1_w, &L->ln1_b, c->eps, err));
+        TRY(op_linear(&q, &h, &L->q_w, &L->q_b, err));
+        TRY(op_linear(&k, &h, &L->k_w, &L->k_b, err));
+        TRY(op_linear(&v, &h, &L->v_w, &L->v_b, err));
+        TRY(op_attention(&a, &q, &k, &v, c->heads, 1, err));
+        TRY(op_linear(&h, &a, &L->o_w, &L->o_b, err));
+        TRY(op_add(x, x, &h, err));
+        TRY(op_layernorm(&h, x, &L->ln2_w, &L->ln2_b, c->eps, err));
+        TRY(op_linear(&mlp, &h, &L->fc1_w, &L->fc1_b, err));
+        TRY(c->act == CLIP_ACT_GELU ? op_gelu(&mlp, &mlp, err)
+                                    : op_quick_gelu(&mlp, &mlp, err));
+        TRY(op_linear(&h, &mlp, &L->fc2_w, &L->fc2_b, err));
+        TRY(op_add(x, x, &h, err));
+    }
+    TRY(op_layernorm(x, x, &m->lnf_w, &m->lnf_b, c->eps, err));
+done:
+    tensor_free(&h);
+    tensor_free(&q);
+    tensor_free(&k);
+    tensor_free(&v);
+    tensor_free(&a);
+    tensor_free(&mlp);
+    if (rc)
+        tensor_free(out);
+    return rc;
+}

@@ -1,0 +1,54 @@
+/*
+ * clip.h - the CLIP text encoder that conditions Stable Diffusion.
+ *
+ * Token ids in, hidden states out: token plus position embedding, pre-norm
+ * transformer blocks (LayerNorm, causal multi-head self-attention with
+ * biases, residual; LayerNorm, MLP with quick-GELU (SD1) or exact GELU (SD2),
+ * residual), then the final LayerNorm.  SD1 runs every block; SD2 runs all
+ * but the last OpenCLIP block (the "penultimate layer") and still applies the
+ * final LayerNorm.  Sizes come from the weights (checkpoint.h's clip_config),
+ * so the tiny test models and the full-size ones run the same code.
+ *
+ * The weights live on a backend (tensor.h); this file never touches their
+ * memory directly.
+ */
+#ifndef COIN_CLIP_H
+#define COIN_CLIP_H
+
+#include <stdint.h>
+
+#include "checkpoint.h"
+#include "tensor.h"
+
+typedef struct clip_layer {
+    tensor ln1_w, ln1_b;            /* [D] */
+    tensor q_w, k_w, v_w, o_w;      /* [D, D] */
+    tensor q_b, k_b, v_b, o_b;      /* [D] */
+    tensor ln2_w, ln2_b;            /* [D] */
+    tensor fc1_w;                   /* [I, D] */
+    tensor fc1_b;                   /* [I] */
+    tensor fc2_w;                   /* [D, I] */
+    tensor fc2_b;                   /* [D] */
+} clip_layer;
+
+typedef struct clip_model {
+    clip_config cfg;
+    const coin_backend *be;
+    tensor tok_emb;                 /* [V, D] */
+    tensor pos_emb;                 /* [P, D] */
+    clip_layer *layers;             /* cfg.layers of them */
+    tensor lnf_w, lnf_b;            /* [D] */
+} clip_model;
+
+/* Loads the text encoder of ck onto be, checking every tensor's shape
+ * against the configuration; errors name the missing or misshapen tensor. */
+int clip_load(clip_model **out, const checkpoint *ck, const coin_backend *be,
+              coin_error *err);
+void clip_free(clip_model *m);
+
+/* Encodes B sequences of cfg.positions token ids (host memory, ids[B*P])
+ * into out, which it allocates as [B, P, D] on the model's backend. */
+int clip_forward(const clip_model *m, const int32_t *ids, int B, tensor *out,
+                 coin_error *err);
+
+#endif

@@ -1,0 +1,88 @@
+#include "fileio.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+int file_read_all(const char *path, size_t max, char **out, size_t *len,
+                  coin_error *err)
+{
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return coin_fail(err, errno == ENOENT ? COIN_ENOTFOUND : COIN_EIO,
+                         "%s: %s", path, strerror(errno));
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap + 1);
+    while (buf) {
+        if (n == cap) {
+            if (cap >= max)
+                break;
+            cap = cap * 2 > max ? max : cap * 2;
+            char *grown = realloc(buf, cap + 1);
+            if (!grown) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = grown;
+        }
+        size_t got = fread(buf + n, 1, cap - n, f);
+        n += got;
+        if (got == 0)
+            break;
+    }
+    int io_error = ferror(f), more = buf && n == cap && fgetc(f) != EOF;
+    fclose(f);
+    if (!buf)
+        return coin_fail(err, COIN_ENOMEM, "%s: out of memory reading the file", path);
+    if (io_error) {
+        free(buf);
+        return coin_fail(err, COIN_EIO, "%s: read error", path);
+    }
+    if (more) {
+        free(buf);
+        return coin_fail(err, COIN_EFORMAT, "%s: larger than %zu bytes, which is "
+                         "too large for this kind of file", path, max);
+    }
+    buf[n] = '\0';
+    *out = buf;
+    if (len)
+        *len = n;
+    return 0;
+}
+
+int path_is_dir(const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return -1;
+    return S_ISDIR(st.st_mode) ? 1 : 0;
+}
+
+int path_exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+int path_join(char *buf, size_t len, const char *dir, const char *name,
+              coin_error *err)
+{
+    size_t dl = strlen(dir);
+    int slash = dl > 0 && dir[dl - 1] == '/';
+    int n = snprintf(buf, len, "%s%s%s", dir, slash ? "" : "/", name);
+    if (n < 0 || (size_t)n >= len)
+        return coin_fail(err, COIN_EINVAL, "path too long: %s/%s", dir, name);
+    return 0;
+}
+
+const char *path_ext(const char *path)
+{
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    const char *dot = strrchr(base, '.');
+    return dot && dot != base ? dot + 1 : "";
+}

@@ -1,0 +1,32 @@
+/*
+ * fileio.h - small file-system helpers the core shares: reading a whole
+ * (bounded) file, joining paths, asking what a path is.  They exist so that
+ * every module reports I/O failures the same way: the path and the reason.
+ */
+#ifndef COIN_FILEIO_H
+#define COIN_FILEIO_H
+
+#include <stddef.h>
+
+#include "error.h"
+
+/* Reads all of path into a new NUL-terminated buffer (*len excludes the
+ * NUL).  A file larger than max bytes is a COIN_EFORMAT error: config files
+ * are small, and a huge one is a mistake or an attack. */
+int file_read_all(const char *path, size_t max, char **out, size_t *len,
+                  coin_error *err);
+
+/* 1 if path is a directory, 0 if it is something else, -1 if it does not
+ * exist or cannot be examined. */
+int path_is_dir(const char *path);
+/* 1 if path exists (any kind), else 0. */
+int path_exists(const char *path);
+
+/* dir + "/" + name into buf; COIN_EINVAL if it does not fit. */
+int path_join(char *buf, size_t len, const char *dir, const char *name,
+              coin_error *err);
+
+/* The extension of path's last component, without the dot ("" if none). */
+const char *path_ext(const char *path);
+
+#endif

@@ -1,0 +1,158 @@
+/*
+ * tensor.h - tensors, and the backend table that computes on them.
+ *
+ * A tensor is a shape plus a block of backend memory.  Model code never
+ * touches that memory: it may live on a GPU.  It moves data with
+ * tensor_upload / tensor_download and computes through the op_* wrappers
+ * below, which check shapes (a mismatch is an error naming the op and both
+ * shapes, not a crash) and dispatch through the tensor's backend.
+ *
+ * The op list is written once, in COIN_BACKEND_OPS; it expands into the
+ * function-pointer fields of coin_backend (so a backend is a table, as in
+ * ggml), into the list of op names, and into the wrappers' declarations.
+ * The CPU backend (backend_cpu.c) is the readable reference; others
+ * (cuda/) implement the same table and are checked op by op against it.
+ * Compute is fp32 throughout; weights stored in F16/BF16 are widened on load.
+ */
+#ifndef COIN_TENSOR_H
+#define COIN_TENSOR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+
+#define TENSOR_MAX_DIMS 4
+
+typedef struct coin_backend coin_backend;
+
+typedef struct tensor {
+    const coin_backend *be;
+    int ndim;
+    int64_t shape[TENSOR_MAX_DIMS];
+    int64_t n;          /* elements */
+    void *mem;          /* backend memory (host memory only on the CPU backend) */
+} tensor;
+
+/*
+ * The ops.  Each is X(name, (arguments)) and returns 0 or a negative
+ * coin_status.  Shapes, in the order of the arguments:
+ *   linear     y[M,N] = x[M,K] w[N,K]^T + b[N]   (b may be NULL; M = all
+ *              leading dims of x flattened)
+ *   layernorm  y[M,D] = (x - mean) / sqrt(var + eps) * g[D] + b[D], per row
+ *   add        y[n] = a[n] + b[n]   (y may alias a or b)
+ *   gelu       y[n] = x * Phi(x), the exact erf form   (y may alias x)
+ *   quick_gelu y[n] = x * sigmoid(1.702 x)            (y may alias x)
+ *   attention  o[B,T,C] = softmax(q k^T / sqrt(C/heads)) v per head, with
+ *              q[B,T,C], k[B,S,C], v[B,S,C]; causal masks key j > query i
+ *   embed      y[B,T,D] = table[ids[b*T+t], :] + pos[t, :]; ids is host
+ *              memory, checked against the table's row count by the wrapper
+ *   conv2d     y[B,Co,Ho,Wo] = w[Co,Ci,KH,KW] * x[B,Ci,H,W] + b[Co] (b may be
+ *              NULL), zero padding pad = {top, bottom, left, right}, stride s;
+ *              Ho = (H + top + bottom - KH) / s + 1, likewise Wo
+ *   group_norm y[B,C,...] = per (batch, group of C/groups channels) normalised
+ *              x, times g[C] plus b[C] (biased variance)
+ *   silu       y[n] = x / (1 + exp(-x))                    (y may alias x)
+ *   upsample2x y[B,C,2H,2W] = x[B,C,H,W], nearest neighbour
+ *   concat     y[B,Ca+Cb,...] = a[B,Ca,...] then b[B,Cb,...] on dim 1
+ *   add_channel y[B,C,...] = x[B,C,...] + v[B,C] broadcast over the rest
+ *              (y may alias x)
+ *   transpose  y[B,N,M] = x[B,M,N] swapped in each batch
+ *   geglu      y[M,I] = x[M,:I] * gelu(x[M,I:]) with x[M,2I]
+ *   scale      y[n] = x[n] * s                             (y may alias x)
+ */
+#define COIN_BACKEND_OPS(X)                                                     \
+    X(linear, (tensor *y, const tensor *x, const tensor *w, const tensor *b))  \
+    X(layernorm, (tensor *y, const tensor *x, const tensor *g,                 \
+                  const tensor *b, float eps))                                  \
+    X(add, (tensor *y, const tensor *a, const tensor *b))                       \
+    X(gelu, (tensor *y, const tensor *x))                                       \
+    X(quick_gelu, (tensor *y, const tensor *x))                                 \
+    X(attention, (tensor *o, const tensor *q, const tensor *k, const tensor *v, \
+                  int heads, int causal))                                       \
+    X(embed, (tensor *y, const tensor *table, const int32_t *ids,               \
+              const tensor *pos))                                               \
+    X(conv2d, (tensor *y, const tensor *x, const tensor *w, const tensor *b,    \
+               int stride, const int pad[4]))                                   \
+    X(group_norm, (tensor *y, const tensor *x, const tensor *g,                 \
+                   const tensor *b, int groups, float eps))                     \
+    X(silu, (tensor *y, const tensor *x))                                       \
+    X(upsample2x, (tensor *y, const tensor *x))                                 \
+    X(concat, (tensor *y, const tensor *a, const tensor *b))                    \
+    X(add_channel, (tensor *y, const tensor *x, const tensor *v))               \
+    X(transpose, (tensor *y, const tensor *x))                                  \
+    X(geglu, (tensor *y, const tensor *x))                                      \
+    X(scale, (tensor *y, const tensor *x, float s))
+
+struct coin_backend {
+    const char *name;
+    /* Memory: alloc returns NULL on failure; upload/download copy host floats. */
+    void *(*alloc)(size_t bytes);
+    void (*free)(void *mem);
+    int (*upload)(void *dst, const float *src, size_t n);
+    int (*download)(float *dst, const void *src, size_t n);
+#define COIN_OP_FIELD(name, args) int(*name) args;
+    COIN_BACKEND_OPS(COIN_OP_FIELD)
+#undef COIN_OP_FIELD
+};
+
+/* The op names, in table order, and their count (for tests and reports). */
+extern const char *const coin_op_names[];
+extern const int coin_op_count;
+
+/* The CPU reference backend (always present). */
+const coin_backend *backend_cpu(void);
+
+/* "cpu", "cuda" or "auto" (cuda when built with it and a device is there,
+ * else cpu).  Asking for cuda in a build without it is an error that says
+ * how to get it. */
+int backend_by_name(const coin_backend **out, const char *name, coin_error *err);
+
+/* Allocates t with the given shape on be (contents undefined). */
+int tensor_alloc(tensor *t, const coin_backend *be, int ndim,
+                 const int64_t *shape, coin_error *err);
+/* Shorthands for 1-3 dims. */
+int tensor_alloc1(tensor *t, const coin_backend *be, int64_t d0, coin_error *err);
+int tensor_alloc2(tensor *t, const coin_backend *be, int64_t d0, int64_t d1,
+                  coin_error *err);
+int tensor_alloc3(tensor *t, const coin_backend *be, int64_t d0, int64_t d1,
+                  int64_t d2, coin_error *err);
+/* Frees t's memory and zeroes it; a zeroed tensor is fine. */
+void tensor_free(tensor *t);
+/* Copies n host floats in or out; n must equal t->n. */
+int tensor_upload(tensor *t, const float *src, int64_t n, coin_error *err);
+int tensor_download(const tensor *t, float *dst, int64_t n, coin_error *err);
+/* "[2, 77, 768]" into buf. */
+const char *tensor_shape_str(const tensor *t, char *buf, size_t len);
+
+/* The checked wrappers: one per op, same arguments plus err. */
+int op_linear(tensor *y, const tensor *x, const tensor *w, const tensor *b,
+              coin_error *err);
+int op_layernorm(tensor *y, const tensor *x, const tensor *g, const tensor *b,
+                 float eps, coin_error *err);
+int op_add(tensor *y, const tensor *a, const tensor *b, coin_error *err);
+int op_gelu(tensor *y, const tensor *x, coin_error *err);
+int op_quick_gelu(tensor *y, const tensor *x, coin_error *err);
+int op_attention(tensor *o, const tensor *q, const tensor *k, const tensor *v,
+                 int heads, int causal, coin_error *err);
+int op_embed(tensor *y, const tensor *table, const int32_t *ids,
+             const tensor *pos, coin_error *err);
+int op_conv2d(tensor *y, const tensor *x, const tensor *w, const tensor *b,
+              int stride, const int pad[4], coin_error *err);
+int op_group_norm(tensor *y, const tensor *x, const tensor *g, const tensor *b,
+                  int groups, float eps, coin_error *err);
+int op_silu(tensor *y, const tensor *x, coin_error *err);
+int op_upsample2x(tensor *y, const tensor *x, coin_error *err);
+int op_concat(tensor *y, const tensor *a, const tensor *b, coin_error *err);
+int op_add_channel(tensor *y, const tensor *x, const tensor *v, coin_error *err);
+int op_transpose(tensor *y, const tensor *x, coin_error *err);
+int op_geglu(tensor *y, const tensor *x, coin_error *err);
+int op_scale(tensor *y, const tensor *x, float s, coin_error *err);
+
+/* Gives t a new shape with the same element count (no data moves). */
+int tensor_reshape(tensor *t, int ndim, const int64_t *shape, coin_error *err);
+/* Allocates a 4-dimensional tensor. */
+int tensor_alloc4(tensor *t, const coin_backend *be, int64_t d0, int64_t d1,
+                  int64_t d2, int64_t d3, coin_error *err);
+
+#endif

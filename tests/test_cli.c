@@ -1,0 +1,135 @@
+/*
+ * test_cli.c - the command line end to end: bin/coin is run as a user runs
+ * it (make test builds it first), and its output files and exit codes are
+ * checked.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+
+#include "core/safetensors.h"
+#include "test.h"
+
+/* Runs a shell command, captures stdout+stderr into out; returns the exit code. */
+static int run(const char *cmd, char *out, size_t len)
+{
+    char full[4096];
+    snprintf(full, sizeof full, "%s 2>&1", cmd);
+    FILE *p = popen(full, "r");
+    if (!p)
+        return -1;
+    size_t n = fread(out, 1, len - 1, p);
+    out[n] = '\0';
+    int status = pclose(p);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static char out[65536];
+
+TEST(cli_encode_matches_reference)
+{
+    static const struct { const char *model, *golden; } cases[] = {
+        {"tests/golden/te_sd1/sd1_tiny.safetensors", "tests/golden/te_sd1/reference.safetensors"},
+        {"tests/golden/te_sd1/diffusers", "tests/golden/te_sd1/reference.safetensors"},
+        {"tests/golden/te_sd2/sd2_tiny.safetensors", "tests/golden/te_sd2/reference.safetensors"},
+        {"tests/golden/te_sd2/diffusers", "tests/golden/te_sd2/reference.safetensors"},
+    };
+    const char *dir = test_tmpdir();
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        char cmd[1024], path[700];
+        snprintf(path, sizeof path, "%s/enc%zu.safetensors", dir, c);
+        /* Prompt 1 of the golden file. */
+        snprintf(cmd, sizeof cmd, "bin/coin encode --model %s --prompt "
+                 "'Brad Pitt giving a thumbs up, 4k, highly detailed' --out %s",
+                 cases[c].model, path);
+        int rc = run(cmd, out, sizeof out);
+        CHECK_MSG(rc == 0, "%s -> %d: %s", cmd, rc, out);
+        if (rc)
+            continue;
+        coin_error err = {0};
+        st_file *got = NULL, *ref = NULL;
+        if (st_open(&got, path, &err) || st_open(&ref, cases[c].golden, &err)) {
+            test_failed(__FILE__, __LINE__, "%s", err.msg);
+        } else {
+            const st_tensor *h = st_find(got, "hidden_states");
+            const st_tensor *r = st_find(ref, "hidden_states");
+            const st_tensor *ids = st_find(got, "input_ids"), *rids = st_find(ref, "input_ids");
+            REQUIRE(h && r && ids && rids);
+            CHECK_EQ_INT(h->ndim, 3);
+            CHECK_EQ_INT(h->shape[0], 1);
+            CHECK_EQ_INT(h->shape[1], 77);
+            CHECK_EQ_INT(h->shape[2], r->shape[2]);
+            int64_t row = 77 * r->shape[2];
+            const float *hv = h->data, *rv = (const float *)r->data + row;
+            float worst = 0;
+            for (int64_t i = 0; i < row && h->nelem == (uint64_t)row; i++)
+                worst = fmaxf(worst, fabsf(hv[i] - rv[i]));
+            CHECK_MSG(worst <= 1e-4f, "%s: max abs error %g", cases[c].model, worst);
+            CHECK(!memcmp(ids->data, (const int64_t *)rids->data + 77, 77 * sizeof(int64_t)));
+            CHECK(st_meta(got, "prompt") && !strcmp(st_meta(got, "prompt"),
+                  "Brad Pitt giving a thumbs up, 4k, highly detailed"));
+        }
+        st_close(got);
+        st_close(ref);
+    }
+}
+
+TEST(cli_info_reports_the_model)
+{
+    CHECK_EQ_INT(run("bin/coin info tests/golden/te_sd2/sd2_tiny.safetensors", out, sizeof out), 0);
+    CHECK_STR_CONTAINS(out, "single-file (LDM)");
+    CHECK_STR_CONTAINS(out, "SD 2.x (OpenCLIP");
+    CHECK_STR_CONTAINS(out, "3 of 4 layers");
+    CHECK_STR_CONTAINS(out, "BF16");
+    CHECK_STR_CONTAINS(out, "padding:     0");
+    CHECK_EQ_INT(run("bin/coin info tests/golden/te_sd1/diffusers", out, sizeof out), 0);
+    CHECK_STR_CONTAINS(out, "diffusers folder");
+    CHECK_STR_CONTAINS(out, "SD 1.x");
+    CHECK_STR_CONTAINS(out, "quick-GELU");
+    CHECK_STR_CONTAINS(out, "problems:    none");
+    CHECK_EQ_INT(run("bin/coin info tests/golden/none.safetensors", out, sizeof out), 1);
+    CHECK_STR_CONTAINS(out, "no such file");
+}
+
+TEST(cli_tokenize_prints_ids)
+{
+    CHECK_EQ_INT(run("bin/coin tokenize --no-pad 'a photo of a cat'", out, sizeof out), 0);
+    CHECK(!strcmp(out, "49406 320 1125 539 320 2368 49407\n"));
+    CHECK_EQ_INT(run("bin/coin tokenize --no-pad --token '<thumbs-up>' 'a <thumbs-up>'", out,
+                     sizeof out), 0);
+    CHECK(!strcmp(out, "49406 320 49408 49407\n"));
+    /* SD2 pads with 0, SD1 with 49407: 77 ids either way. */
+    CHECK_EQ_INT(run("bin/coin tokenize --sd2 'hello world!!'", out, sizeof out), 0);
+    CHECK(!strncmp(out, "49406 3306 1002 748 49407 0 0 ", 29));
+    int n = 0;
+    for (char *s = strtok(out, " \n"); s; s = strtok(NULL, " \n"))
+        n++;
+    CHECK_EQ_INT(n, 77);
+    CHECK_EQ_INT(run("bin/coin tokenize --model tests/golden/te_sd1/sd1_tiny.safetensors 'cat'",
+                     out, sizeof out), 0);
+    CHECK_STR_CONTAINS(out, "49406 2368 49407 49407 49407");
+}
+
+TEST(cli_bad_arguments_exit_2_with_a_message)
+{
+    CHECK_EQ_INT(run("bin/coin encode --model x", out, sizeof out), 2);
+    CHECK_STR_CONTAINS(out, "--prompt");
+    CHECK_EQ_INT(run("bin/coin encode --model x --prompt p --out o --repeat 0", out, sizeof out), 2);
+    CHECK_EQ_INT(run("bin/coin frobnicate", out, sizeof out), 2);
+    CHECK_STR_CONTAINS(out, "unknown command");
+    CHECK_EQ_INT(run("bin/coin info --version sd3 m", out, sizeof out), 2);
+    CHECK_EQ_INT(run("bin/coin encode --help", out, sizeof out), 0);
+    CHECK_STR_CONTAINS(out, "hidden_states");
+    CHECK_EQ_INT(run("bin/coin tokenize --sd2 --model m x", out, sizeof out), 2);
+}
+
+TEST(cli_long_prompt_warns_about_truncation)
+{
+    char cmd[4096] = "bin/coin tokenize '";
+    for (int i = 0; i < 80; i++)
+        strcat(cmd, "cat ");
+    strcat(cmd, "dog'");
+    CHECK_EQ_INT(run(cmd, out, sizeof out), 0);
+    CHECK_STR_CONTAINS(out, "warning: the prompt is longer than 75 tokens; 6 tokens were dropped");
+    CHECK_STR_CONTAINS(out, "cat cat cat cat cat dog\"");
+}

@@ -1,0 +1,24 @@
+/*
+ * cli.h - the command-line front end: one function per subcommand.
+ *
+ * Each takes the arguments after the subcommand name (argv[0] is the
+ * subcommand) and returns the process exit status: 0 done, 1 the job failed
+ * (the message is already printed), 2 the command line was wrong.  Only the
+ * front end prints; the core reports through coin_error.
+ */
+#ifndef COIN_CLI_H
+#define COIN_CLI_H
+
+#include "core/error.h"
+
+int cmd_info(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_encode(int argc, char **argv);
+
+/* Prints "coin: <message>" for a failed core call and returns 1. */
+int cli_report(const coin_error *err);
+/* Prints "coin <cmd>: <message>" and a pointer to --help; returns 2. */
+int cli_usage_error(const char *cmd, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+#endif

@@ -1,0 +1,69 @@
+/*
+ * main.c - coin's entry point: dispatches to a subcommand.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "tui/cli.h"
+
+static const char USAGE[] =
+    "coin - teach Stable Diffusion a new word (textual inversion), in a terminal\n"
+    "\n"
+    "usage: coin COMMAND [options]      (coin COMMAND --help for its options)\n"
+    "\n"
+    "commands:\n"
+    "  info MODEL           what a checkpoint holds: layout, SD version, prediction\n"
+    "                       type, dtypes, parameters per component, problems found\n"
+    "  tokenize TEXT        the CLIP token ids of a prompt\n"
+    "  encode               run the text encoder on a prompt, save the hidden states\n"
+    "  help                 this text\n"
+    "\n"
+    "MODEL is a single-file .safetensors checkpoint (SD 1.x or 2.x, LDM layout) or\n"
+    "a diffusers folder.  Pickle .ckpt/.pt files are refused with the command that\n"
+    "converts them.\n"
+    "\n"
+    "Not built yet: sampling, training, the run ledger and the workbench.\n";
+
+int cli_report(const coin_error *err)
+{
+    fprintf(stderr, "coin: %s\n", err->msg[0] ? err->msg : coin_status_name(err->code));
+    return 1;
+}
+
+int cli_usage_error(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "coin %s: ", cmd);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n(see coin %s --help)\n", cmd);
+    va_end(ap);
+    return 2;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fputs(USAGE, stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
+        fputs(USAGE, stdout);
+        return 0;
+    }
+    static const struct {
+        const char *name;
+        int (*fn)(int, char **);
+    } commands[] = {
+        {"info", cmd_info},
+        {"tokenize", cmd_tokenize},
+        {"encode", cmd_encode},
+    };
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(cmd, commands[i].name))
+            return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "coin: unknown command '%s'\n\n%s", cmd, USAGE);
+    return 2;
+}
