@@ -20,6 +20,7 @@
 #include <strings.h>
 
 #include "fileio.h"
+#include "ldm_names.h"
 
 #define CONFIG_MAX_BYTES (1 << 20)
 
@@ -229,6 +230,59 @@ static int map_openclip(checkpoint *ck, table *t, const st_file *f,
     add_problem(ck, "unrecognised OpenCLIP tensor '%s%s' ignored", PFX_OPENCLIP, name);
     snprintf(out, sizeof out, "%s%s", PFX_OPENCLIP, name);
     return table_add(t, COMP_OTHER, out, f, src, 0, -1, err);
+}
+
+/* ---- UNet and VAE names ---- */
+
+/* Gives every UNet and VAE entry its diffusers name: LDM names in single
+ * files, old attention names in diffusers VAEs.  The LDM VAE's attention
+ * projections are 1x1 convolutions; diffusers' are linear, so they lose
+ * their two unit dimensions. */
+static int canonical_unet_vae_names(checkpoint *ck, table *t, coin_error *err)
+{
+    int layers = -1, max_in = 0, levels = 0, k;
+    for (size_t i = 0; i < t->n; i++) {
+        const char *n = t->v[i].name;
+        int used = 0;
+        if (t->v[i].comp == COMP_UNET && sscanf(n, "input_blocks.%d.%n", &k, &used) == 1) {
+            if (k > max_in)
+                max_in = k;
+            if (!strncmp(n + used, "0.op.", 5) && (layers < 0 || k - 1 < layers))
+                layers = k - 1;
+        }
+        if (t->v[i].comp == COMP_VAE && sscanf(n, "decoder.up.%d.", &k) == 1 && k + 1 > levels)
+            levels = k + 1;
+    }
+    if (layers < 0)
+        layers = max_in;    /* a single level: no downsampler to count by */
+    char out[600];
+    for (size_t i = 0; i < t->n; i++) {
+        ckpt_tensor *e = &t->v[i];
+        int rc = 0;
+        if (e->comp == COMP_UNET && ck->layout == CKPT_SINGLE_FILE)
+            rc = ldm_unet_name(e->name, layers, out, sizeof out);
+        else if (e->comp == COMP_VAE && ck->layout == CKPT_SINGLE_FILE)
+            rc = ldm_vae_name(e->name, levels, out, sizeof out);
+        else if (e->comp == COMP_VAE)
+            rc = vae_legacy_name(e->name, out, sizeof out);
+        else
+            continue;
+        if (rc < 0)
+            return coin_fail(err, COIN_EFORMAT, "%s: tensor name too long: %s", ck->path, e->name);
+        if (rc == 0 && ck->layout == CKPT_SINGLE_FILE)
+            add_problem(ck, "unrecognised %s tensor '%s'", ckpt_component_name(e->comp), e->name);
+        if (rc == 1) {
+            char *copy = strdup(out);
+            if (!copy)
+                return coin_fail(err, COIN_ENOMEM, "out of memory");
+            free(e->name);
+            e->name = copy;
+        }
+        if (e->comp == COMP_VAE && strstr(e->name, "mid_block.attentions.0.to_") &&
+            e->ndim == 4 && e->shape[2] == 1 && e->shape[3] == 1)
+            e->ndim = 2;
+    }
+    return 0;
 }
 
 /* ---- single file ---- */
@@ -604,6 +658,8 @@ int checkpoint_open(checkpoint **out, const char *path, sd_version force,
                         "text encoder; using the OpenCLIP one");
     }
 
+    if ((rc = canonical_unet_vae_names(ck, &t, err)))
+        goto fail;
     qsort(t.v, t.n, sizeof *t.v, cmp_entry);
     ck->tensors = t.v;
     ck->n_tensors = t.n;
