@@ -100,7 +100,7 @@ fuzz: bin/fuzz_safetensors
 test: bin/coin bin/coin_tests fuzz
 	@bin/coin_tests
 
-MODEL  ?= tests/golden/te_sd1/sd1_tiny.safetensors
+MODEL  ?= tests/golden/sd1/model.safetensors
 PROMPT ?= a photo of a cat giving a thumbs up
 run: bin/coin
 	bin/coin info $(MODEL)

@@ -137,6 +137,37 @@ void clip_free(clip_model *m)
     free(m);
 }
 
+int clip_add_tokens(clip_model *m, const float *rows, int n, int first_id,
+                    coin_error *err)
+{
+    int64_t V = m->cfg.vocab, D = m->cfg.width;
+    if (first_id != V)
+        return coin_fail(err, COIN_EINVAL,
+                         "trigger ids start at %d but the text encoder has %lld rows; the "
+                         "tokenizer and the model disagree on the vocabulary", first_id,
+                         (long long)V);
+    if (n < 1)
+        return 0;
+    tensor grown;
+    float *host = malloc((size_t)((V + n) * D) * sizeof(float));
+    if (!host)
+        return coin_fail(err, COIN_ENOMEM, "out of memory");
+    int rc = tensor_download(&m->tok_emb, host, V * D, err);
+    if (!rc) {
+        memcpy(host + V * D, rows, (size_t)(n * D) * sizeof(float));
+        rc = tensor_alloc2(&grown, m->be, V + n, D, err);
+    }
+    if (!rc && (rc = tensor_upload(&grown, host, (V + n) * D, err)))
+        tensor_free(&grown);
+    free(host);
+    if (rc)
+        return rc;
+    tensor_free(&m->tok_emb);
+    m->tok_emb = grown;
+    m->cfg.vocab = V + n;
+    return 0;
+}
+
 int clip_forward(const clip_model *m, const int32_t *ids, int B, tensor *out,
                  coin_error *err)
 {

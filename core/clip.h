@@ -46,6 +46,12 @@ int clip_load(clip_model **out, const checkpoint *ck, const coin_backend *be,
               coin_error *err);
 void clip_free(clip_model *m);
 
+/* Appends n token-embedding rows (host rows[n, D]) to the vocabulary, for
+ * trigger words; they get ids cfg.vocab .. cfg.vocab + n - 1, which must be
+ * the ids the tokenizer gave them (first_id). */
+int clip_add_tokens(clip_model *m, const float *rows, int n, int first_id,
+                    coin_error *err);
+
 /* Encodes B sequences of cfg.positions token ids (host memory, ids[B*P])
  * into out, which it allocates as [B, P, D] on the model's backend. */
 int clip_forward(const clip_model *m, const int32_t *ids, int B, tensor *out,

@@ -98,6 +98,27 @@ int tensor_download(const tensor *t, float *dst, int64_t n, coin_error *err)
     return rc ? coin_fail(err, rc, "%s backend: download failed", t->be->name) : 0;
 }
 
+int tensor_upload_range(tensor *t, int64_t offset, const float *src, int64_t n,
+                        coin_error *err)
+{
+    if (offset < 0 || n < 0 || offset + n > t->n)
+        return coin_fail(err, COIN_ESHAPE, "upload of %lld values at %lld into a tensor of %lld",
+                         (long long)n, (long long)offset, (long long)t->n);
+    /* Offsetting a device pointer is fine: it is never dereferenced here. */
+    int rc = t->be->upload((float *)t->mem + offset, src, (size_t)n);
+    return rc ? coin_fail(err, rc, "%s backend: upload failed", t->be->name) : 0;
+}
+
+int tensor_download_range(const tensor *t, int64_t offset, float *dst, int64_t n,
+                          coin_error *err)
+{
+    if (offset < 0 || n < 0 || offset + n > t->n)
+        return coin_fail(err, COIN_ESHAPE, "download of %lld values at %lld from a tensor of %lld",
+                         (long long)n, (long long)offset, (long long)t->n);
+    int rc = t->be->download(dst, (const float *)t->mem + offset, (size_t)n);
+    return rc ? coin_fail(err, rc, "%s backend: download failed", t->be->name) : 0;
+}
+
 const char *tensor_shape_str(const tensor *t, char *buf, size_t len)
 {
     size_t used = (size_t)snprintf(buf, len, "[");

@@ -122,6 +122,12 @@ void tensor_free(tensor *t);
 /* Copies n host floats in or out; n must equal t->n. */
 int tensor_upload(tensor *t, const float *src, int64_t n, coin_error *err);
 int tensor_download(const tensor *t, float *dst, int64_t n, coin_error *err);
+/* Copies n host floats into or out of t starting at element offset
+ * (offset + n must fit in t). */
+int tensor_upload_range(tensor *t, int64_t offset, const float *src, int64_t n,
+                        coin_error *err);
+int tensor_download_range(const tensor *t, int64_t offset, float *dst, int64_t n,
+                          coin_error *err);
 /* "[2, 77, 768]" into buf. */
 const char *tensor_shape_str(const tensor *t, char *buf, size_t len);
 

@@ -14,18 +14,12 @@
  *      pattern itself recognises (any letter case) is its own id, as in
  *      CLIPTokenizer.bpe's cache;
  *   3. each pre-token's UTF-8 bytes become byte-unicode symbols ('</w>' on the
- *      last) and are merged by rank.
- * Symbols are interned strings: the vocabulary plus anything the merges or the
- * byte alphabet produce that the vocabulary lacks (those encode as the unknown
- * token, <|endoftext|>).  Merge ranks sit in a hash keyed by the symbol pair,
- * so a merge step costs one probe.
- *
- * BPE uses a heap instead of CLIPTokenizer's "find the lowest-ranked pair,
- * merge all its occurrences, repeat" loop, which is quadratic in the word
- * length.  To give identical results the heap pops all entries of the lowest
- * rank as one batch, left to right, and only then pushes the pairs those
- * merges created: a new pair of lower rank must not jump ahead of the
- * remaining occurrences of the batch, because Python merges those first.
+ *      last) and are merged by rank (bpe.c); a symbol the vocabulary lacks
+ *      is the unknown token, <|endoftext|>, as in CLIPTokenizer.
+ * Byte offsets travel with every code point, so truncation can say where in
+ * the prompt it cut.  This file also loads the vocabulary (the embedded
+ * openai merges file, such a file on disk, or a Hugging Face folder) and
+ * writes the Hugging Face form.
  */
 #include "tokenizer.h"
 
@@ -37,19 +31,14 @@
 #include <cJSON.h>
 #include <zlib.h>
 
+#include "bpe.h"
 #include "unicode.h"
 
 #define N_MERGES (49152 - 256 - 2) /* CLIPTokenizer reads this many, at most */
 #define MAX_FILE (256u << 20)      /* vocabulary files bigger than this are hostile */
-#define MAX_ID (1 << 24)
-#define NONE UINT32_MAX
+#define MAX_ID (1 << 21)           /* ids in vocab.json; CLIP's end at 49407 */
 
 extern const unsigned char coin_vocab_gz[], coin_vocab_gz_end[];
-
-typedef struct merge_slot {
-    uint64_t key; /* symbol a << 32 | symbol b; ~0 when empty */
-    uint32_t rank, result;
-} merge_slot;
 
 typedef struct added_token {
     char *text;
@@ -64,25 +53,10 @@ typedef struct trie_node {
 } trie_node;
 
 struct clip_tokenizer {
-    /* symbols: strings in one arena, NUL-terminated */
-    char *arena;
-    size_t arena_len, arena_cap;
-    uint32_t *sym_off, *sym_len;
-    int32_t *sym_id; /* vocabulary id, or -1 */
-    uint32_t n_sym, sym_cap;
-    uint32_t *str_slot; /* string hash: symbol + 1, 0 when empty */
-    uint32_t str_mask;
-
+    bpe_model bpe;
     int32_t *id_sym; /* base vocabulary id -> symbol, or -1 */
     int n_base;      /* largest base id + 1 */
     int n_ids;       /* next free id */
-
-    uint32_t (*merges)[3]; /* a, b, result, in rank order */
-    int n_merges;
-    merge_slot *merge_slot;
-    uint64_t merge_mask;
-
-    uint32_t byte_sym[256], byte_sym_end[256];
     int bos_id, eos_id, unk_id;
 
     added_token *added;
@@ -90,205 +64,6 @@ struct clip_tokenizer {
     trie_node *trie; /* node 0 is the root */
     int n_trie, trie_cap;
 };
-
-/* ---- bytes_to_unicode -------------------------------------------------- */
-
-/* CLIP's reversible byte -> code point map: printable Latin-1 bytes map to
- * themselves, the other 68 to U+0100 upwards in byte order. */
-static void bytes_to_unicode(uint32_t map[256], uint8_t order[256])
-{
-    int k = 0, extra = 0;
-    for (int b = 0; b < 256; b++) {
-        int keep = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) ||
-                   (b >= 0xAE && b <= 0xFF);
-        map[b] = keep ? (uint32_t)b : 0;
-    }
-    for (int b = 0; b < 256; b++)
-        if (map[b])
-            order[k++] = (uint8_t)b;
-    for (int b = 0; b < 256; b++)
-        if (!map[b]) {
-            map[b] = 256 + extra++;
-            order[k++] = (uint8_t)b;
-        }
-}
-
-/* ---- symbols and the string hash -------------------------------------- */
-
-static uint64_t hash_bytes(const char *s, size_t n)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
-    return h ^ (h >> 29);
-}
-
-static const char *sym_str(const clip_tokenizer *t, uint32_t s)
-{
-    return t->arena + t->sym_off[s];
-}
-
-static uint32_t sym_find(const clip_tokenizer *t, const char *s, size_t n)
-{
-    if (!t->str_slot)
-        return NONE;
-    for (uint64_t i = hash_bytes(s, n) & t->str_mask;; i = (i + 1) & t->str_mask) {
-        uint32_t v = t->str_slot[i];
-        if (!v)
-            return NONE;
-        v--;
-        if (t->sym_len[v] == n && !memcmp(sym_str(t, v), s, n))
-            return v;
-    }
-}
-
-static int str_rehash(clip_tokenizer *t, uint32_t cap)
-{
-    uint32_t *slot = calloc(cap, sizeof *slot);
-    if (!slot)
-        return COIN_ENOMEM;
-    free(t->str_slot);
-    t->str_slot = slot;
-    t->str_mask = cap - 1;
-    for (uint32_t s = 0; s < t->n_sym; s++) {
-        uint64_t i = hash_bytes(sym_str(t, s), t->sym_len[s]) & t->str_mask;
-        while (slot[i])
-            i = (i + 1) & t->str_mask;
-        slot[i] = s + 1;
-    }
-    return 0;
-}
-
-/* Finds or adds the symbol for s[0..n).  id >= 0 makes it that vocabulary
- * id's string (a later id for the same string wins, as in a Python dict). */
-static int sym_intern(clip_tokenizer *t, const char *s, size_t n, int32_t id,
-                      uint32_t *out)
-{
-    uint32_t v = sym_find(t, s, n);
-    if (v == NONE) {
-        if (t->n_sym == t->sym_cap) {
-            uint32_t cap = t->sym_cap ? t->sym_cap * 2 : 1024;
-            uint32_t *off = realloc(t->sym_off, cap * sizeof *off);
-            if (off)
-                t->sym_off = off;
-            uint32_t *len = realloc(t->sym_len, cap * sizeof *len);
-            if (len)
-                t->sym_len = len;
-            int32_t *sid = realloc(t->sym_id, cap * sizeof *sid);
-            if (sid)
-                t->sym_id = sid;
-            if (!off || !len || !sid)
-                return COIN_ENOMEM;
-            t->sym_cap = cap;
-        }
-        if (t->arena_len + n + 1 > t->arena_cap) {
-            size_t cap = t->arena_cap ? t->arena_cap : 1 << 16;
-            while (cap < t->arena_len + n + 1)
-                cap *= 2;
-            if (cap > UINT32_MAX)
-                return COIN_ENOMEM;
-            char *a = realloc(t->arena, cap);
-            if (!a)
-                return COIN_ENOMEM;
-            t->arena = a;
-            t->arena_cap = cap;
-        }
-        v = t->n_sym++;
-        t->sym_off[v] = (uint32_t)t->arena_len;
-        t->sym_len[v] = (uint32_t)n;
-        t->sym_id[v] = -1;
-        memcpy(t->arena + t->arena_len, s, n);
-        t->arena[t->arena_len + n] = '\0';
-        t->arena_len += n + 1;
-        if ((uint64_t)t->n_sym * 2 > (uint64_t)t->str_mask + (t->str_slot ? 1 : 0)) {
-            uint32_t cap = t->str_slot ? (t->str_mask + 1) * 2 : 4096;
-            if (str_rehash(t, cap))
-                return COIN_ENOMEM;
-        } else {
-            uint64_t i = hash_bytes(s, n) & t->str_mask;
-            while (t->str_slot[i])
-                i = (i + 1) & t->str_mask;
-            t->str_slot[i] = v + 1;
-        }
-    }
-    if (id >= 0)
-        t->sym_id[v] = id;
-    *out = v;
-    return 0;
-}
-
-/* ---- merges ------------------------------------------------------------ */
-
-static uint64_t hash_pair(uint64_t key)
-{
-    key *= 0x9E3779B97F4A7C15ull;
-    return key ^ (key >> 32);
-}
-
-static const merge_slot *merge_find(const clip_tokenizer *t, uint32_t a,
-                                    uint32_t b)
-{
-    uint64_t key = (uint64_t)a << 32 | b;
-    for (uint64_t i = hash_pair(key) & t->merge_mask;; i = (i + 1) & t->merge_mask) {
-        const merge_slot *m = &t->merge_slot[i];
-        if (m->key == key)
-            return m;
-        if (m->key == UINT64_MAX)
-            return NULL;
-    }
-}
-
-/* Builds the pair -> rank hash from t->merges; a pair listed twice keeps its
- * last rank, as dict(zip(merges, range(...))) does. */
-static int merge_build(clip_tokenizer *t)
-{
-    uint64_t cap = 1024;
-    while (cap < (uint64_t)t->n_merges * 2)
-        cap *= 2;
-    t->merge_slot = malloc(cap * sizeof *t->merge_slot);
-    if (!t->merge_slot)
-        return COIN_ENOMEM;
-    for (uint64_t i = 0; i < cap; i++)
-        t->merge_slot[i].key = UINT64_MAX;
-    t->merge_mask = cap - 1;
-    for (int r = 0; r < t->n_merges; r++) {
-        uint64_t key = (uint64_t)t->merges[r][0] << 32 | t->merges[r][1];
-        uint64_t i = hash_pair(key) & t->merge_mask;
-        while (t->merge_slot[i].key != UINT64_MAX && t->merge_slot[i].key != key)
-            i = (i + 1) & t->merge_mask;
-        t->merge_slot[i].key = key;
-        t->merge_slot[i].rank = (uint32_t)r;
-        t->merge_slot[i].result = t->merges[r][2];
-    }
-    return 0;
-}
-
-static int merge_add(clip_tokenizer *t, const char *a, size_t na,
-                     const char *b, size_t nb, int *cap)
-{
-    if (t->n_merges == *cap) {
-        int c = *cap ? *cap * 2 : 4096;
-        void *m = realloc(t->merges, (size_t)c * sizeof *t->merges);
-        if (!m)
-            return COIN_ENOMEM;
-        t->merges = m;
-        *cap = c;
-    }
-    char stack[256], *ab = na + nb <= sizeof stack ? stack : malloc(na + nb);
-    if (!ab)
-        return COIN_ENOMEM;
-    memcpy(ab, a, na);
-    memcpy(ab + na, b, nb);
-    uint32_t *m = t->merges[t->n_merges];
-    int rc = sym_intern(t, a, na, -1, &m[0]);
-    rc = rc ? rc : sym_intern(t, b, nb, -1, &m[1]);
-    rc = rc ? rc : sym_intern(t, ab, na + nb, -1, &m[2]);
-    if (ab != stack)
-        free(ab);
-    if (!rc)
-        t->n_merges++;
-    return rc;
-}
 
 /* ---- the merges file ---------------------------------------------------- */
 
@@ -300,13 +75,15 @@ static int is_ascii_space(char c)
 
 /* Calls fn on each of the first N_MERGES merge lines of text (the first line
  * is a header and is skipped whatever it says, as in CLIPTokenizer: the
- * file is read as text.strip().split("\n")[1:48895]).  parts/np are the
- * line's whitespace-separated fields, up to 3. */
-typedef int (*merge_line_fn)(clip_tokenizer *t, int index, const char **part,
-                             size_t *part_len, int n_parts, void *ctx);
+ * file is read as text.strip().split("\n")[1:48895]).  line[0..len) is the
+ * line; part/part_len its first whitespace-separated fields (up to 3), of
+ * which there are n_parts in all. */
+typedef int (*merge_line_fn)(clip_tokenizer *t, int index, const char *line,
+                             size_t len, const char **part, size_t *part_len,
+                             int n_parts);
 
 static int for_each_merge_line(clip_tokenizer *t, const char *text, size_t n,
-                               merge_line_fn fn, void *ctx)
+                               merge_line_fn fn)
 {
     size_t i = 0;
     while (i < n && is_ascii_space(text[i]))
@@ -340,7 +117,7 @@ static int for_each_merge_line(clip_tokenizer *t, const char *text, size_t n,
             }
             np++;
         }
-        int rc = fn(t, line, part, part_len, np, ctx);
+        int rc = fn(t, line, text + i, end - i, part, part_len, np);
         if (rc)
             return rc;
         i = end + 1;
@@ -349,42 +126,39 @@ static int for_each_merge_line(clip_tokenizer *t, const char *text, size_t n,
 }
 
 /* For the openai-style file: the vocabulary is built from the merges. */
-static int bpe_line(clip_tokenizer *t, int index, const char **part,
-                    size_t *part_len, int np, void *ctx)
+static int bpe_line(clip_tokenizer *t, int index, const char *line,
+                    size_t len, const char **part, size_t *part_len, int np)
 {
-    int *cap = ctx;
-    /* vocab.append("".join(merge)): the joined string gets id 512 + index
-     * whatever the line holds */
+    /* vocab.append("".join(merge.split())): the joined string gets id
+     * 512 + index whatever the line holds */
     char stack[512], *joined = stack;
-    stack[0] = 0;
-    size_t n = 0;
-    for (int k = 0; k < np && k < 3; k++)
-        n += part_len[k];
-    if (n > sizeof stack && !(joined = malloc(n)))
+    stack[0] = '\0';
+    if (len > sizeof stack && !(joined = malloc(len)))
         return COIN_ENOMEM;
-    n = 0;
-    for (int k = 0; k < np && k < 3; k++) {
-        memcpy(joined + n, part[k], part_len[k]);
-        n += part_len[k];
-    }
+    size_t n = 0;
+    for (size_t k = 0; k < len; k++)
+        if (!is_ascii_space(line[k]))
+            joined[n++] = line[k];
     uint32_t s;
-    int rc = sym_intern(t, joined, n, 512 + index, &s);
+    int rc = bpe_intern(&t->bpe, joined, n, 512 + index, &s);
     if (joined != stack)
         free(joined);
     if (!rc && np == 2)
-        rc = merge_add(t, part[0], part_len[0], part[1], part_len[1], cap);
+        rc = bpe_add_merge(&t->bpe, part[0], part_len[0], part[1], part_len[1]);
     if (!rc)
         t->n_base = 512 + index + 1;
     return rc;
 }
 
-static int hf_line(clip_tokenizer *t, int index, const char **part,
-                   size_t *part_len, int np, void *ctx)
+static int hf_line(clip_tokenizer *t, int index, const char *line, size_t len,
+                   const char **part, size_t *part_len, int np)
 {
     (void)index;
+    (void)line;
+    (void)len;
     if (np != 2) /* a pair never matches a tuple of another length */
         return 0;
-    return merge_add(t, part[0], part_len[0], part[1], part_len[1], ctx);
+    return bpe_add_merge(&t->bpe, part[0], part_len[0], part[1], part_len[1]);
 }
 
 /* ---- loading ------------------------------------------------------------ */
@@ -409,14 +183,8 @@ void tokenizer_free(clip_tokenizer *t)
 {
     if (!t)
         return;
-    free(t->arena);
-    free(t->sym_off);
-    free(t->sym_len);
-    free(t->sym_id);
-    free(t->str_slot);
+    bpe_free(&t->bpe);
     free(t->id_sym);
-    free(t->merges);
-    free(t->merge_slot);
     for (int i = 0; i < t->n_added; i++) {
         free(t->added[i].text);
         free(t->added[i].cps);
@@ -432,39 +200,29 @@ static int trie_insert(clip_tokenizer *t, const uint32_t *cps, int n);
  * alphabet, id -> symbol, special ids, the merge hash and the trie. */
 static int tok_finish(clip_tokenizer *t, const char *source, coin_error *err)
 {
-    uint32_t map[256];
-    uint8_t order[256];
-    bytes_to_unicode(map, order);
-    for (int b = 0; b < 256; b++) {
-        char s[8];
-        int n = uni_encode(map[b], (unsigned char *)s);
-        memcpy(s + n, "</w>", 4);
-        if (sym_intern(t, s, n, -1, &t->byte_sym[b]) ||
-            sym_intern(t, s, n + 4, -1, &t->byte_sym_end[b]))
-            return coin_fail(err, COIN_ENOMEM, "out of memory loading %s", source);
-    }
+    const bpe_model *m = &t->bpe;
+    if (bpe_finish(&t->bpe))
+        return coin_fail(err, COIN_ENOMEM, "out of memory loading %s", source);
     t->id_sym = malloc((size_t)(t->n_base ? t->n_base : 1) * sizeof *t->id_sym);
     if (!t->id_sym)
         return coin_fail(err, COIN_ENOMEM, "out of memory loading %s", source);
     for (int i = 0; i < t->n_base; i++)
         t->id_sym[i] = -1;
-    for (uint32_t s = 0; s < t->n_sym; s++)
-        if (t->sym_id[s] >= 0)
-            t->id_sym[t->sym_id[s]] = (int32_t)s;
+    for (uint32_t s = 0; s < m->n_sym; s++)
+        if (m->sym_id[s] >= 0)
+            t->id_sym[m->sym_id[s]] = (int32_t)s;
     t->n_ids = t->n_base;
     uint32_t s;
-    if ((s = sym_find(t, "<|startoftext|>", 15)) == NONE || t->sym_id[s] < 0)
+    if ((s = bpe_find(m, "<|startoftext|>", 15)) == BPE_NONE || m->sym_id[s] < 0)
         return coin_fail(err, COIN_EFORMAT,
                          "%s has no <|startoftext|> token; it is not a CLIP vocabulary",
                          source);
-    t->bos_id = t->sym_id[s];
-    if ((s = sym_find(t, "<|endoftext|>", 13)) == NONE || t->sym_id[s] < 0)
+    t->bos_id = m->sym_id[s];
+    if ((s = bpe_find(m, "<|endoftext|>", 13)) == BPE_NONE || m->sym_id[s] < 0)
         return coin_fail(err, COIN_EFORMAT,
                          "%s has no <|endoftext|> token; it is not a CLIP vocabulary",
                          source);
-    t->eos_id = t->unk_id = t->sym_id[s];
-    if (merge_build(t))
-        return coin_fail(err, COIN_ENOMEM, "out of memory loading %s", source);
+    t->eos_id = t->unk_id = m->sym_id[s];
     /* transformers registers the special tokens as added tokens, so the
      * trie splits them out of the raw text */
     static const uint32_t bos[] = {'<', '|', 's', 't', 'a', 'r', 't', 'o', 'f',
@@ -493,8 +251,8 @@ static int load_bpe_text(clip_tokenizer **out, const char *text, size_t n,
         return coin_fail(err, COIN_ENOMEM, "out of memory loading %s", source);
     uint32_t map[256];
     uint8_t order[256];
-    bytes_to_unicode(map, order);
-    int rc = 0, cap = 0;
+    bpe_bytes_to_unicode(map, order);
+    int rc = 0;
     for (int i = 0; i < 512 && !rc; i++) {
         char s[8];
         int len = uni_encode(map[order[i & 255]], (unsigned char *)s);
@@ -503,18 +261,18 @@ static int load_bpe_text(clip_tokenizer **out, const char *text, size_t n,
             len += 4;
         }
         uint32_t sym;
-        rc = sym_intern(t, s, len, i, &sym);
+        rc = bpe_intern(&t->bpe, s, (size_t)len, i, &sym);
     }
     t->n_base = 512;
-    rc = rc ? rc : for_each_merge_line(t, text, n, bpe_line, &cap);
-    if (!rc && t->n_merges == 0)
+    rc = rc ? rc : for_each_merge_line(t, text, n, bpe_line);
+    if (!rc && t->bpe.n_merges == 0)
         rc = coin_fail(err, COIN_EFORMAT, "%s holds no merges; is it a CLIP merges file?",
                        source);
     else if (rc)
         rc = coin_fail(err, COIN_ENOMEM, "out of memory loading %s", source);
     uint32_t sym;
-    if (!rc && (sym_intern(t, "<|startoftext|>", 15, t->n_base, &sym) ||
-                sym_intern(t, "<|endoftext|>", 13, t->n_base + 1, &sym)))
+    if (!rc && (bpe_intern(&t->bpe, "<|startoftext|>", 15, t->n_base, &sym) ||
+                bpe_intern(&t->bpe, "<|endoftext|>", 13, t->n_base + 1, &sym)))
         rc = coin_fail(err, COIN_ENOMEM, "out of memory loading %s", source);
     if (!rc) {
         t->n_base += 2;
@@ -706,7 +464,7 @@ static int vocab_entry(clip_tokenizer *t, const char *key, int id,
                        const char *path, coin_error *err)
 {
     uint32_t s;
-    if (sym_intern(t, key, strlen(key), id, &s))
+    if (bpe_intern(&t->bpe, key, strlen(key), id, &s))
         return coin_fail(err, COIN_ENOMEM, "out of memory loading %s", path);
     if (id + 1 > t->n_base)
         t->n_base = id + 1;
@@ -747,7 +505,6 @@ int tokenizer_load_hf(clip_tokenizer **out, const char *dir, coin_error *err)
     }
     char *text = NULL;
     size_t n;
-    int cap = 0;
     snprintf(path, dl + 32, "%s/vocab.json", dir);
     int rc = read_json_ids(t, path, vocab_entry, err);
     if (!rc) {
@@ -760,7 +517,7 @@ int tokenizer_load_hf(clip_tokenizer **out, const char *dir, coin_error *err)
         if (!uni_utf8_valid(text, n, &bad, &why))
             rc = coin_fail(err, COIN_EFORMAT, "%s is not valid UTF-8 (%s at byte %zu)",
                            path, why, bad);
-        else if (for_each_merge_line(t, text, n, hf_line, &cap))
+        else if (for_each_merge_line(t, text, n, hf_line))
             rc = coin_fail(err, COIN_ENOMEM, "out of memory loading %s", path);
     }
     free(text);
@@ -1014,25 +771,15 @@ static int trie_split(const clip_tokenizer *tok, const uni_cp *text, size_t n,
 
 /* ---- encoding ----------------------------------------------------------- */
 
-typedef struct heap_entry {
-    uint32_t rank, pos, a, b, result;
-} heap_entry;
-
-/* Scratch space for one call; nothing in the tokenizer is written. */
+/* Scratch space and output of one call; nothing in the tokenizer changes,
+ * so tokenizing from several threads at once is fine. */
 typedef struct work {
     uni_buf text, clean, tmp;
-    uint32_t *sym;
-    int32_t *next, *prev, *origin;
-    unsigned char *bytes;
-    size_t cap;
-    heap_entry *heap;
-    size_t n_heap, heap_cap;
-    uint32_t *pending;
-    size_t n_pending;
-    /* the sink */
-    int32_t *ids;
-    int max, n, mark;
-    int32_t mark_at;
+    bpe_work bpe;
+    int32_t *ids; /* the first max ids go here; n counts them all */
+    int max, n;
+    int mark;        /* the index of the first id that does not fit ... */
+    int32_t mark_at; /* ... and the byte offset its text began at */
 } work;
 
 static void emit(work *w, int32_t id, int32_t at)
@@ -1045,136 +792,12 @@ static void emit(work *w, int32_t id, int32_t at)
         w->n++;
 }
 
-static int work_reserve(work *w, size_t n)
-{
-    if (n <= w->cap)
-        return 0;
-    size_t cap = w->cap ? w->cap : 64;
-    while (cap < n)
-        cap *= 2;
-    void *p;
-    if (!(p = realloc(w->sym, cap * sizeof *w->sym))) return COIN_ENOMEM;
-    w->sym = p;
-    if (!(p = realloc(w->next, cap * sizeof *w->next))) return COIN_ENOMEM;
-    w->next = p;
-    if (!(p = realloc(w->prev, cap * sizeof *w->prev))) return COIN_ENOMEM;
-    w->prev = p;
-    if (!(p = realloc(w->origin, cap * sizeof *w->origin))) return COIN_ENOMEM;
-    w->origin = p;
-    if (!(p = realloc(w->bytes, cap))) return COIN_ENOMEM;
-    w->bytes = p;
-    if (!(p = realloc(w->pending, 2 * cap * sizeof *w->pending))) return COIN_ENOMEM;
-    w->pending = p;
-    if (!(p = realloc(w->heap, 3 * cap * sizeof *w->heap))) return COIN_ENOMEM;
-    w->heap = p;
-    w->heap_cap = 3 * cap;
-    w->cap = cap;
-    return 0;
-}
-
 static void work_free(work *w)
 {
     uni_buf_free(&w->text);
     uni_buf_free(&w->clean);
     uni_buf_free(&w->tmp);
-    free(w->sym);
-    free(w->next);
-    free(w->prev);
-    free(w->origin);
-    free(w->bytes);
-    free(w->pending);
-    free(w->heap);
-}
-
-static int heap_less(const heap_entry *x, const heap_entry *y)
-{
-    return x->rank < y->rank || (x->rank == y->rank && x->pos < y->pos);
-}
-
-static void heap_push(work *w, heap_entry e)
-{
-    size_t i = w->n_heap++;
-    while (i > 0) {
-        size_t p = (i - 1) / 2;
-        if (!heap_less(&e, &w->heap[p]))
-            break;
-        w->heap[i] = w->heap[p];
-        i = p;
-    }
-    w->heap[i] = e;
-}
-
-static heap_entry heap_pop(work *w)
-{
-    heap_entry top = w->heap[0], last = w->heap[--w->n_heap];
-    size_t i = 0, n = w->n_heap;
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= n)
-            break;
-        if (c + 1 < n && heap_less(&w->heap[c + 1], &w->heap[c]))
-            c++;
-        if (!heap_less(&w->heap[c], &last))
-            break;
-        w->heap[i] = w->heap[c];
-        i = c;
-    }
-    if (n)
-        w->heap[i] = last;
-    return top;
-}
-
-/* Queues the pair starting at symbol i, if it has a merge. */
-static void push_pair(const clip_tokenizer *t, work *w, int32_t i)
-{
-    if (i < 0 || w->next[i] < 0 || w->n_heap == w->heap_cap)
-        return;
-    const merge_slot *m = merge_find(t, w->sym[i], w->sym[w->next[i]]);
-    if (m) {
-        heap_entry e = {m->rank, (uint32_t)i, w->sym[i], w->sym[w->next[i]],
-                        m->result};
-        heap_push(w, e);
-    }
-}
-
-/* BPE on the m bytes in w->bytes (origins in w->origin); emits the ids. */
-static void bpe_word(const clip_tokenizer *t, work *w, size_t m)
-{
-    for (size_t i = 0; i < m; i++) {
-        w->sym[i] = i + 1 == m ? t->byte_sym_end[w->bytes[i]] : t->byte_sym[w->bytes[i]];
-        w->next[i] = i + 1 == m ? -1 : (int32_t)(i + 1);
-        w->prev[i] = (int32_t)i - 1;
-    }
-    w->n_heap = 0;
-    for (size_t i = 0; i + 1 < m; i++)
-        push_pair(t, w, (int32_t)i);
-    while (w->n_heap) {
-        uint32_t rank = w->heap[0].rank;
-        w->n_pending = 0;
-        while (w->n_heap && w->heap[0].rank == rank) {
-            heap_entry e = heap_pop(w);
-            int32_t i = (int32_t)e.pos, j = w->next[i];
-            if (w->sym[i] != e.a || j < 0 || w->sym[j] != e.b)
-                continue; /* stale: a symbol changed since it was queued */
-            w->sym[i] = e.result;
-            w->sym[j] = NONE;
-            w->next[i] = w->next[j];
-            if (w->next[j] >= 0)
-                w->prev[w->next[j]] = i;
-            if (w->prev[i] >= 0)
-                w->pending[w->n_pending++] = (uint32_t)w->prev[i];
-            w->pending[w->n_pending++] = (uint32_t)i;
-        }
-        for (size_t k = 0; k < w->n_pending; k++) {
-            int32_t i = (int32_t)w->pending[k];
-            if (w->sym[i] != NONE)
-                push_pair(t, w, i);
-        }
-    }
-    for (int32_t i = 0; i >= 0; i = w->next[i]) {
-        int32_t id = t->sym_id[w->sym[i]];
-        emit(w, id >= 0 ? id : t->unk_id, w->origin[i]);
-    }
+    bpe_work_free(&w->bpe);
 }
 
 /* Tokenizes a piece of text that holds no added token. */
@@ -1186,7 +809,7 @@ static int encode_piece(const clip_tokenizer *t, work *w, const uni_cp *p,
     const uni_cp *c = w->clean.v;
     size_t pos = 0, start, len;
     while (uni_clip_pretoken(c, w->clean.n, &pos, &start, &len)) {
-        if (work_reserve(w, 4 * len + 1))
+        if (bpe_reserve(&w->bpe, 4 * len))
             return COIN_ENOMEM;
         /* the pattern's own special tokens: CLIPTokenizer.bpe's cache maps
          * them to themselves, so they are one vocabulary entry each */
@@ -1195,14 +818,19 @@ static int encode_piece(const clip_tokenizer *t, work *w, const uni_cp *p,
             emit(w, special, c[start].at);
             continue;
         }
+        bpe_work *bw = &w->bpe;
         size_t m = 0;
         for (size_t k = start; k < start + len; k++) {
-            int b = uni_encode(c[k].cp, w->bytes + m);
+            int b = uni_encode(c[k].cp, bw->bytes + m);
             for (int q = 0; q < b; q++)
-                w->origin[m + q] = c[k].at;
-            m += b;
+                bw->origin[m + q] = c[k].at;
+            m += (size_t)b;
         }
-        bpe_word(t, w, m);
+        bpe_word(&t->bpe, bw, m);
+        for (int32_t i = 0; i >= 0; i = bw->next[i]) {
+            int32_t id = t->bpe.sym_id[bw->sym[i]];
+            emit(w, id >= 0 ? id : t->unk_id, bw->origin[i]);
+        }
     }
     return 0;
 }
@@ -1289,7 +917,7 @@ int tokenizer_vocab_size(const clip_tokenizer *t)
 const char *tokenizer_id_to_token(const clip_tokenizer *t, int id)
 {
     if (id >= 0 && id < t->n_base && t->id_sym[id] >= 0)
-        return sym_str(t, (uint32_t)t->id_sym[id]);
+        return bpe_str(&t->bpe, (uint32_t)t->id_sym[id]);
     for (int i = 0; i < t->n_added; i++)
         if (t->added[i].id == id)
             return t->added[i].text;
@@ -1303,8 +931,8 @@ int tokenizer_token_to_id(const clip_tokenizer *t, const char *token)
     for (int i = 0; i < t->n_added; i++)
         if (!strcmp(t->added[i].text, token))
             return t->added[i].id;
-    uint32_t s = sym_find(t, token, strlen(token));
-    return s == NONE ? -1 : t->sym_id[s];
+    uint32_t s = bpe_find(&t->bpe, token, strlen(token));
+    return s == BPE_NONE ? -1 : t->bpe.sym_id[s];
 }
 
 /* ---- export ------------------------------------------------------------- */
@@ -1351,10 +979,10 @@ int tokenizer_export_hf(const clip_tokenizer *t, const char *dir,
     int first = 1;
     for (int id = 0; id < t->n_base; id++) {
         int32_t s = t->id_sym[id];
-        if (s < 0 || t->sym_id[s] != id) /* a gap, or a string given a later id */
+        if (s < 0) /* a gap, or a string that a later id took over */
             continue;
         fputs(first ? "\n  " : ",\n  ", f);
-        json_string(f, sym_str(t, (uint32_t)s));
+        json_string(f, bpe_str(&t->bpe, (uint32_t)s));
         fprintf(f, ": %d", id);
         first = 0;
     }
@@ -1368,11 +996,11 @@ int tokenizer_export_hf(const clip_tokenizer *t, const char *dir,
         goto out;
     }
     fputs("#version: 0.2\n", f);
-    for (int r = 0; r < t->n_merges; r++) {
-        const merge_slot *m = merge_find(t, t->merges[r][0], t->merges[r][1]);
-        if (m->rank != (uint32_t)r) /* superseded by a later duplicate */
-            continue;
-        fprintf(f, "%s %s\n", sym_str(t, t->merges[r][0]), sym_str(t, t->merges[r][1]));
+    const bpe_model *m = &t->bpe;
+    for (int r = 0; r < m->n_merges; r++) {
+        if (bpe_rank(m, m->merges[r][0], m->merges[r][1]) != r)
+            continue; /* superseded by a later duplicate */
+        fprintf(f, "%s %s\n", bpe_str(m, m->merges[r][0]), bpe_str(m, m->merges[r][1]));
     }
     if ((rc = write_done(f, path, err)))
         goto out;

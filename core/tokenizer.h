@@ -5,11 +5,16 @@
  * transformers' CLIPTokenizer (without ftfy) for SD1 and SD2 (REFERENCE.md
  * section 2): added tokens (textual-inversion trigger words such as
  * "<thumbs-up>") are matched on the raw text before anything else; the rest is
- * NFC-normalised, cleaned of control characters, whitespace-collapsed and
- * lower-cased, split by the CLIP pattern (letters, single digits, punctuation
- * runs, 's 't 're 've 'm 'll 'd), mapped byte-to-unicode and merged by BPE
- * rank.  The ids are framed by 49406 ... 49407, truncated to 77 (the last id
- * stays 49407) and padded with the pad id (49407 for SD1, 0 for SD2).
+ * cleaned of control characters, CJK-spaced, NFC-normalised,
+ * whitespace-collapsed and lower-cased, split by the CLIP pattern (letters,
+ * single digits, punctuation runs, 's 't 're 've 'm 'll 'd), mapped
+ * byte-to-unicode and merged by BPE rank.  The ids are framed by
+ * 49406 ... 49407, truncated to 77 (the last id stays 49407) and padded with
+ * the pad id (49407 for SD1, 0 for SD2).  Unicode properties are those of
+ * the reference's Python 3.11 (Unicode 14.0).
+ *
+ * Loaded tokenizers are read-only while encoding: several threads may
+ * encode with one tokenizer at once (not while a token is being added).
  *
  * The vocabulary comes from a model's tokenizer/ folder (vocab.json and
  * merges.txt) or from the CLIP merges file that the build embeds in coin
@@ -46,7 +51,8 @@ int tokenizer_vocab_size(const clip_tokenizer *tok);
 
 /* Adds a trigger word that is matched verbatim (case-sensitive, as
  * transformers does) before BPE.  Returns its id in *id (the next free id,
- * 49408 upwards).  Adding a word already in the vocabulary is an error, as in
+ * 49408 upwards).  Adding a word already in the vocabulary (e.g. "cat", which
+ * is an entry although only "cat</w>" ends words) is COIN_EINVAL, as in
  * diffusers; adding the same added token twice returns its existing id. */
 int tokenizer_add_token(clip_tokenizer *tok, const char *word, int *id,
                         coin_error *err);

@@ -351,47 +351,97 @@ static int final_sigma(const uni_cp *w, size_t n, size_t i)
 
 /* ---- the clean-up --------------------------------------------------------- */
 
+static int ccc(utf8proc_int32_t c)
+{
+    return c < 0x300 ? 0 : utf8proc_get_property(c)->combining_class;
+}
+
+/* Canonical ordering: a stable sort by combining class of each run of
+ * non-starters.  utf8proc_decompose does this with a bubble sort, which a
+ * long run of alternating marks turns quadratic (64 KB took 1.6 s); this is a
+ * counting sort for long runs, insertion sort for the usual short ones. */
+static int canonical_order(utf8proc_int32_t *d, size_t n)
+{
+    for (size_t a = 0; a < n;) {
+        if (!ccc(d[a])) {
+            a++;
+            continue;
+        }
+        size_t b = a + 1;
+        while (b < n && ccc(d[b]))
+            b++;
+        if (b - a <= 32) {
+            for (size_t i = a + 1; i < b; i++) {
+                utf8proc_int32_t c = d[i];
+                int k = ccc(c);
+                size_t j = i;
+                for (; j > a && ccc(d[j - 1]) > k; j--)
+                    d[j] = d[j - 1];
+                d[j] = c;
+            }
+        } else {
+            size_t count[257] = {0};
+            utf8proc_int32_t *tmp = malloc((b - a) * sizeof *tmp);
+            if (!tmp)
+                return COIN_ENOMEM;
+            for (size_t i = a; i < b; i++)
+                count[ccc(d[i]) + 1]++;
+            for (int k = 1; k < 257; k++)
+                count[k] += count[k - 1];
+            for (size_t i = a; i < b; i++)
+                tmp[count[ccc(d[i])]++] = d[i];
+            memcpy(d + a, tmp, (b - a) * sizeof *tmp);
+            free(tmp);
+        }
+        a = b;
+    }
+    return 0;
+}
+
 /* Appends NFC of seg[0..n) to out; every output code point gets the origin
  * of the segment's first one. */
 static int nfc_segment(const uni_cp *seg, size_t n, uni_buf *out)
 {
     if (n == 1 && seg[0].cp < 0x300) /* nothing below U+0300 changes alone */
         return buf_push(out, seg[0].cp, seg[0].at);
-    unsigned char small[256], *utf = small;
-    if (n * 4 > sizeof small && !(utf = malloc(n * 4)))
-        return COIN_ENOMEM;
-    size_t len = 0;
-    for (size_t i = 0; i < n; i++)
-        len += uni_encode(seg[i].cp, utf + len);
     const utf8proc_option_t opt = UTF8PROC_STABLE | UTF8PROC_COMPOSE;
-    utf8proc_int32_t stack[64], *dec = stack;
-    utf8proc_ssize_t cap = 64, m;
+    utf8proc_int32_t stack[64], *d = stack;
+    size_t cap = sizeof stack / sizeof stack[0], len = 0;
     int rc = 0;
-    for (;;) {
-        m = utf8proc_decompose(utf, (utf8proc_ssize_t)len, dec, cap, opt);
-        if (m < 0) { /* cannot happen on valid input; keep the text as is */
-            for (size_t i = 0; i < n && !rc; i++)
-                rc = buf_push(out, seg[i].cp, seg[i].at);
-            goto done;
-        }
-        if (m <= cap)
-            break;
-        if (dec != stack)
-            free(dec);
-        cap = m;
-        if (!(dec = malloc((size_t)cap * sizeof *dec))) {
-            rc = COIN_ENOMEM;
-            goto done;
+    for (size_t i = 0; i < n && !rc; i++) {
+        for (;;) { /* canonical decomposition, growing d as needed */
+            utf8proc_ssize_t m = utf8proc_decompose_char(
+                (utf8proc_int32_t)seg[i].cp, d + len, (utf8proc_ssize_t)(cap - len),
+                opt, NULL);
+            if (m < 0) { /* not on valid code points; keep the character */
+                d[len] = (utf8proc_int32_t)seg[i].cp;
+                m = 1;
+            }
+            if ((size_t)m <= cap - len) {
+                len += (size_t)m;
+                break;
+            }
+            size_t c2 = 2 * cap + (size_t)m;
+            utf8proc_int32_t *nd = malloc(c2 * sizeof *nd);
+            if (!nd) {
+                rc = COIN_ENOMEM;
+                break;
+            }
+            memcpy(nd, d, len * sizeof *d);
+            if (d != stack)
+                free(d);
+            d = nd;
+            cap = c2;
         }
     }
-    m = utf8proc_normalize_utf32(dec, m, opt);
-    for (utf8proc_ssize_t i = 0; i < m && !rc; i++)
-        rc = buf_push(out, (uint32_t)dec[i], seg[0].at);
-done:
-    if (dec != stack)
-        free(dec);
-    if (utf != small)
-        free(utf);
+    rc = rc ? rc : canonical_order(d, len);
+    if (!rc) {
+        utf8proc_ssize_t m = utf8proc_normalize_utf32(d, (utf8proc_ssize_t)len, opt);
+        for (utf8proc_ssize_t i = 0; i < m && !rc; i++)
+            rc = buf_push(out, (uint32_t)d[i], seg[0].at);
+    }
+    if (d != stack)
+        free(d);
     return rc;
 }
 

@@ -29,10 +29,10 @@ static char out[65536];
 TEST(cli_encode_matches_reference)
 {
     static const struct { const char *model, *golden; } cases[] = {
-        {"tests/golden/te_sd1/sd1_tiny.safetensors", "tests/golden/te_sd1/reference.safetensors"},
-        {"tests/golden/te_sd1/diffusers", "tests/golden/te_sd1/reference.safetensors"},
-        {"tests/golden/te_sd2/sd2_tiny.safetensors", "tests/golden/te_sd2/reference.safetensors"},
-        {"tests/golden/te_sd2/diffusers", "tests/golden/te_sd2/reference.safetensors"},
+        {"tests/golden/sd1/model.safetensors", "tests/golden/te_sd1/reference.safetensors"},
+        {"tests/golden/sd1/diffusers", "tests/golden/te_sd1/reference.safetensors"},
+        {"tests/golden/sd2/model.safetensors", "tests/golden/te_sd2/reference.safetensors"},
+        {"tests/golden/sd2/diffusers", "tests/golden/te_sd2/reference.safetensors"},
     };
     const char *dir = test_tmpdir();
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
@@ -76,13 +76,13 @@ TEST(cli_encode_matches_reference)
 
 TEST(cli_info_reports_the_model)
 {
-    CHECK_EQ_INT(run("bin/coin info tests/golden/te_sd2/sd2_tiny.safetensors", out, sizeof out), 0);
+    CHECK_EQ_INT(run("bin/coin info tests/golden/sd2/model.safetensors", out, sizeof out), 0);
     CHECK_STR_CONTAINS(out, "single-file (LDM)");
     CHECK_STR_CONTAINS(out, "SD 2.x (OpenCLIP");
     CHECK_STR_CONTAINS(out, "3 of 4 layers");
     CHECK_STR_CONTAINS(out, "BF16");
     CHECK_STR_CONTAINS(out, "padding:     0");
-    CHECK_EQ_INT(run("bin/coin info tests/golden/te_sd1/diffusers", out, sizeof out), 0);
+    CHECK_EQ_INT(run("bin/coin info tests/golden/sd1/diffusers", out, sizeof out), 0);
     CHECK_STR_CONTAINS(out, "diffusers folder");
     CHECK_STR_CONTAINS(out, "SD 1.x");
     CHECK_STR_CONTAINS(out, "quick-GELU");
@@ -105,7 +105,7 @@ TEST(cli_tokenize_prints_ids)
     for (char *s = strtok(out, " \n"); s; s = strtok(NULL, " \n"))
         n++;
     CHECK_EQ_INT(n, 77);
-    CHECK_EQ_INT(run("bin/coin tokenize --model tests/golden/te_sd1/sd1_tiny.safetensors 'cat'",
+    CHECK_EQ_INT(run("bin/coin tokenize --model tests/golden/sd1/model.safetensors 'cat'",
                      out, sizeof out), 0);
     CHECK_STR_CONTAINS(out, "49406 2368 49407 49407 49407");
 }

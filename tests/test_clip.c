@@ -101,22 +101,22 @@ done:
 
 TEST(clip_sd1_single_file_matches_transformers)
 {
-    check_model("tests/golden/te_sd1/sd1_tiny.safetensors", "tests/golden/te_sd1/reference.safetensors");
+    check_model("tests/golden/sd1/model.safetensors", "tests/golden/te_sd1/reference.safetensors");
 }
 
 TEST(clip_sd1_diffusers_matches_transformers)
 {
-    check_model("tests/golden/te_sd1/diffusers", "tests/golden/te_sd1/reference.safetensors");
+    check_model("tests/golden/sd1/diffusers", "tests/golden/te_sd1/reference.safetensors");
 }
 
 TEST(clip_sd2_single_file_matches_transformers)
 {
-    check_model("tests/golden/te_sd2/sd2_tiny.safetensors", "tests/golden/te_sd2/reference.safetensors");
+    check_model("tests/golden/sd2/model.safetensors", "tests/golden/te_sd2/reference.safetensors");
 }
 
 TEST(clip_sd2_diffusers_matches_transformers)
 {
-    check_model("tests/golden/te_sd2/diffusers", "tests/golden/te_sd2/reference.safetensors");
+    check_model("tests/golden/sd2/diffusers", "tests/golden/te_sd2/reference.safetensors");
 }
 
 /* The golden ids were made by transformers' tokenizer from the prompts in the
@@ -171,7 +171,7 @@ TEST(clip_batch_rows_are_independent)
     checkpoint *ck = NULL;
     clip_model *m = NULL;
     tensor all = {0}, one = {0};
-    if (checkpoint_open(&ck, "tests/golden/te_sd1/sd1_tiny.safetensors", SD_UNKNOWN, &err) ||
+    if (checkpoint_open(&ck, "tests/golden/sd1/model.safetensors", SD_UNKNOWN, &err) ||
         clip_load(&m, ck, backend_cpu(), &err) ||
         clip_forward(m, g.ids, g.n, &all, &err) ||
         clip_forward(m, g.ids + 77, 1, &one, &err)) {

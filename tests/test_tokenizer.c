@@ -250,6 +250,26 @@ TEST(tokenizer_truncation)
     CHECK_EQ_INT(r.dropped_at, 74 * 4 + 2);
     CHECK_EQ_INT(r.ids[75], 127);
 
+    /* an added token as the first one cut */
+    clip_tokenizer *ta;
+    int id;
+    REQUIRE_OK(tokenizer_load_builtin(&ta, &err), &err);
+    REQUIRE_OK(tokenizer_add_token(ta, "<thumbs-up>", &id, &err), &err);
+    text[75 * 4] = '\0';
+    for (int i = 0; i < 75; i++)
+        memcpy(text + 4 * i, "cat ", 4);
+    strcat(text, "<thumbs-up> cat");
+    REQUIRE_OK(tokenizer_encode(ta, text, CLIP_PAD_SD1, &r, &err), &err);
+    CHECK_EQ_INT(r.n_dropped, 2);
+    CHECK_EQ_INT(r.dropped_at, 75 * 4);
+    text[74 * 4] = '\0';
+    strcat(text, "<thumbs-up> cat");
+    REQUIRE_OK(tokenizer_encode(ta, text, CLIP_PAD_SD1, &r, &err), &err);
+    CHECK_EQ_INT(r.ids[75], id);
+    CHECK_EQ_INT(r.n_dropped, 1);
+    CHECK_EQ_INT(r.dropped_at, 74 * 4 + 12);
+    tokenizer_free(ta);
+
     /* tokenize reports the full count even when ids has less room */
     int32_t ids[4];
     int n;

@@ -191,10 +191,17 @@ def dtypes_of(path):
 
 
 # ---------------------------------------------------------------------------
+WORK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
+
+
 def make_sd1(out_root, vocab, generator):
     from transformers import CLIPTextModel
     d = os.path.join(out_root, "te_sd1")
     os.makedirs(d, exist_ok=True)
+    # The model files are inputs of make_tiny_pipelines.py, which puts the same
+    # text encoder into tests/golden/sdN/; only the reference outputs are golden.
+    m = os.path.join(WORK_DIR, "te_sd1")
+    os.makedirs(m, exist_ok=True)
     model = make_model(SD1_CFG, SEED_SD1)
     tok_key = "text_model.embeddings.token_embedding.weight"
     with torch.no_grad():
@@ -207,7 +214,7 @@ def make_sd1(out_root, vocab, generator):
     single["cond_stage_model.transformer." + tok_key] = sd[tok_key].to(torch.float16).contiguous()
     single["cond_stage_model.transformer.text_model.embeddings.position_ids"] = \
         torch.arange(CTX, dtype=torch.int64).unsqueeze(0).contiguous()
-    sf = os.path.join(d, "sd1_tiny.safetensors")
+    sf = os.path.join(m, "sd1_tiny.safetensors")
     # A single file cannot say its head count (real ones use width/64, which
     # the tiny model does not): coin reads these keys from its own test files.
     save_file(single, sf, metadata={"format": "pt", "generator": generator,
@@ -215,7 +222,7 @@ def make_sd1(out_root, vocab, generator):
                                     "text_encoder.hidden_act": SD1_CFG["hidden_act"]})
 
     # diffusers folder
-    dd = os.path.join(d, "diffusers")
+    dd = os.path.join(m, "diffusers")
     write_diffusers(model, dd, {tok_key: torch.float16})
 
     # reference
@@ -241,6 +248,10 @@ def make_sd2(out_root, vocab, generator):
     from transformers import CLIPTextModel
     d = os.path.join(out_root, "te_sd2")
     os.makedirs(d, exist_ok=True)
+    # The model files are inputs of make_tiny_pipelines.py, which puts the same
+    # text encoder into tests/golden/sdN/; only the reference outputs are golden.
+    m = os.path.join(WORK_DIR, "te_sd2")
+    os.makedirs(m, exist_ok=True)
     # The OpenCLIP tower: 4 blocks (with a projection head, unused by SD).
     full = make_model(SD2_CFG, SEED_SD2, n_layers=4, with_projection=True)
     tok_key = "text_model.embeddings.token_embedding.weight"
@@ -284,12 +295,12 @@ def make_sd2(out_root, vocab, generator):
         single[o + "mlp.c_proj.weight"] = fsd[s + "mlp.fc2.weight"]
         single[o + "mlp.c_proj.bias"] = fsd[s + "mlp.fc2.bias"]
     single = {k: v.detach().clone().contiguous() for k, v in single.items()}
-    sf = os.path.join(d, "sd2_tiny.safetensors")
+    sf = os.path.join(m, "sd2_tiny.safetensors")
     save_file(single, sf, metadata={"format": "pt", "generator": generator,
                                     "text_encoder.num_attention_heads": str(SD2_CFG["num_attention_heads"]),
                                     "text_encoder.hidden_act": SD2_CFG["hidden_act"]})
 
-    dd = os.path.join(d, "diffusers")
+    dd = os.path.join(m, "diffusers")
     # The token embedding is bf16-rounded, so BF16 stores it exactly (and small).
     write_diffusers(model, dd, {tok_key: torch.bfloat16})
 

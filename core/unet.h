@@ -1,0 +1,58 @@
+/*
+ * unet.h - the Stable Diffusion UNet (UNet2DConditionModel), forward pass.
+ *
+ * Predicts the noise (or v) in a latent at a timestep, conditioned on the
+ * text encoder's hidden states.  SD1: 8 heads per attention, 1x1-conv
+ * proj_in/proj_out; SD2: 64-wide heads, linear projections, attention in
+ * fp32.  Everything else - levels, channels, layers per block, which levels
+ * have attention, head counts - is read from the weights and configs, so the
+ * tiny test models and the full-size ones run the same code.  Weights are
+ * canonical (diffusers) names from checkpoint.h.
+ */
+#ifndef COIN_UNET_H
+#define COIN_UNET_H
+
+#include "checkpoint.h"
+#include "tensor.h"
+
+#define UNET_MAX_LEVELS 8
+
+typedef struct unet_config {
+    int in_channels, out_channels;
+    int levels;                         /* len(block_out_channels) */
+    int channels[UNET_MAX_LEVELS];      /* block_out_channels */
+    int layers_per_block;
+    int attention[UNET_MAX_LEVELS];     /* 1 where the level has cross-attention */
+    int heads[UNET_MAX_LEVELS];         /* attention heads per level (mid uses the last) */
+    int context_dim;                    /* cross_attention_dim */
+    int linear_projection;              /* SD2: proj_in/proj_out are linear */
+    int norm_groups;                    /* 32 */
+    float norm_eps;                     /* ResNet GroupNorm eps (1e-5) */
+    int time_dim;                       /* sinusoidal features = channels[0] */
+    int temb_dim;                       /* time embedding width = 4 channels[0] */
+    int up_attention[UNET_MAX_LEVELS];  /* per up block (0 = deepest); mirrors attention[] in SD */
+    int transformer_depth;              /* BasicTransformerBlocks per spatial transformer (1 in SD) */
+    char heads_from[96];                /* where the head counts came from, for info */
+    char groups_from[96];               /* where norm_groups came from */
+} unet_config;
+
+typedef struct unet_model unet_model;
+
+/* Loads the UNet of ck onto be.  The head count cannot be read from the
+ * weights: it comes from unet/config.json (diffusers' attention_head_dim /
+ * num_attention_heads), else SD1's 8 heads or SD2's 64-wide heads by
+ * ck->version, else the file metadata "unet.num_attention_heads" of coin's
+ * test models.  Errors name the missing or misshapen tensor. */
+int unet_load(unet_model **out, const checkpoint *ck, const coin_backend *be,
+              coin_error *err);
+void unet_free(unet_model *m);
+const unet_config *unet_get_config(const unet_model *m);
+
+/* out[B, out_ch, H, W] = unet(x[B, in_ch, H, W], timesteps[B] (host, float:
+ * the samplers pass fractional ones), ctx[B, T, context_dim]).  out is
+ * allocated here on the model's backend.  H and W must be divisible by
+ * 2^(levels-1). */
+int unet_forward(const unet_model *m, const tensor *x, const float *timesteps,
+                 const tensor *ctx, tensor *out, coin_error *err);
+
+#endif

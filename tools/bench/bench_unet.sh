@@ -1,0 +1,27 @@
+#!/bin/sh
+# Times one classifier-free-guided UNet step (batch 2, 64x64 latents = 512x512 images) of a
+# full-size random-weight SD1.5-shaped UNet: diffusers on the CPU in fp32 against coin's
+# unet_forward, same weights and inputs, and prints both medians, the ratio coin/diffusers, the
+# peak RSS of each and the max abs difference of the outputs (see bench_unet.py).
+#
+# Usage (from anywhere):  sh tools/bench/bench_unet.sh [--runs 3] [--warmup 1] [--threads N]
+# Needs tools/reference/.venv (sh tools/reference/setup.sh).  The model (3.4 GB, ignored by git)
+# is made on first use in tools/reference/out/unet_sd15_full/.  Slow on few cores: each forward
+# is about 1.6 TFLOP.
+#
+# coin's side is tools/bench/bench_unet.c, a standalone program linked against build/libcoin.a
+# with the same flags as bin/coin; this script builds it with
+#   make build/libcoin.a
+#   gcc -std=c11 -D_GNU_SOURCE -O2 -fopenmp -I. -I/usr/include/cjson \
+#       tools/bench/bench_unet.c build/libcoin.a -lopenblas -lcjson -lutf8proc -lz -lm \
+#       -o build/bench_unet
+set -eu
+root=$(cd "$(dirname "$0")/../.." && pwd)
+py="$root/tools/reference/.venv/bin/python"
+[ -x "$py" ] || { echo "bench: $py missing; run: sh tools/reference/setup.sh" >&2; exit 1; }
+cd "$root"
+make build/libcoin.a >&2
+gcc -std=c11 -D_GNU_SOURCE -O2 -fopenmp -I. -I/usr/include/cjson \
+    tools/bench/bench_unet.c build/libcoin.a -lopenblas -lcjson -lutf8proc -lz -lm \
+    -o build/bench_unet
+exec "$py" tools/bench/bench_unet.py --coin build/bench_unet --threads "${THREADS:-$(nproc)}" "$@"
