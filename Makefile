@@ -15,7 +15,7 @@ endif
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -MMD -MP
 CPPFLAGS += -I. -I/usr/include/cjson
-LDLIBS  += -lopenblas -lcjson -lutf8proc -lz -lm -fopenmp
+LDLIBS  += -lopenblas -lcjson -lutf8proc -lpng -lz -lm -fopenmp
 
 NVCC    ?= $(shell command -v nvcc 2>/dev/null)
 FUZZ_SECONDS ?= 30

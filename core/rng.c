@@ -9,9 +9,12 @@
  *     rng_randint, which follow torch's CPU generator (the trainer draws its
  *     timesteps there even when the noise comes from the GPU generator).
  * Where torch's result depends on floating-point details, the code copies the
- * operation order of the torch kernel that x86 builds run, so that the result
- * is the same bits on every platform coin builds on; the comments say where
- * that order matters and what the observed differences are.
+ * operation order of the kernel that torch 2.5.1's x86-64 build runs, FMAs
+ * included, and so matches it bit for bit (tests/golden/rng, README there);
+ * that part uses no libm function, so it gives the same bits on every
+ * platform.  The rest goes through libm's double log/sin/cos, as the
+ * references do, and agrees with them to the last bit of the float result
+ * save in very rare cases.  The comments say where the order matters.
  */
 #include "core/rng.h"
 
@@ -56,8 +59,9 @@ static void philox4x32_10(uint32_t c[4], uint32_t k0, uint32_t k1)
  * are float32 arrays (2^-32 written as 2.3283064e-10, and that times 2 pi
  * multiplied in double, then rounded), but numpy promotes uint32 * float32 to
  * float64, so all the arithmetic is double precision and only the result is
- * rounded to float.  REFERENCE.md and sd.cpp's port say float32; that
- * differs from this by up to about 1e-6. */
+ * rounded to float.  REFERENCE.md and sd.cpp's port say float32: that
+ * differs from this in the last bits of most values, and by up to 5.6e-5
+ * where u is close to 1 (float32 rounding of u then dominates log u). */
 static float philox_box_muller(uint32_t x, uint32_t y)
 {
     const float inv32 = 2.3283064e-10f;

@@ -42,7 +42,9 @@ typedef struct sched_config {
     spacing_kind spacing;           /* SPACING_DEFAULT for SD */
     prediction_kind prediction;
     int set_alpha_to_one;           /* 0 for SD (DDIM's final alpha) */
-    int karras;                     /* Karras sigmas (Euler, Euler a, DPM++ 2M) */
+    int karras;                     /* Karras sigmas (Euler, Euler a, DPM++ 2M); for
+                                       Euler a, which diffusers 0.31 cannot do, Euler's
+                                       Karras sigmas with the ancestral step */
 } sched_config;
 
 /* SD's configuration: scaled-linear betas, offset 1, SPACING_DEFAULT, no
@@ -86,8 +88,10 @@ int sampler_timesteps(sampler_kind k, const sched_config *c, int steps, float *t
                       coin_error *err);
 
 /* Runs the sampler for `steps` steps on x (n floats, already noise *
- * init_noise_sigma), in place.  steps is 1..1000 (DPM++ 2M with leading
- * spacing: 1..999).  Euler a draws n values from cb->noise once per step,
+ * init_noise_sigma), in place.  steps is 1..1000; plans that would take a
+ * timestep past 999 (DDIM leading with 1000 steps, DPM++ 2M leading with 999
+ * or more) or that diffusers gets wrong (trailing spacing for 61, 103, ...
+ * steps) are refused with COIN_EUNSUPPORTED.  Euler a draws n values from cb->noise once per step,
  * the last step included, as diffusers' EulerAncestralDiscreteScheduler
  * does with the pipeline's generator.  Progress is reported after each model
  * call as (calls done, sampler_model_calls). */

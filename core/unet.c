@@ -319,38 +319,62 @@ static const char *meta(const checkpoint *ck, const char *key)
     return NULL;
 }
 
-/* Rejects the diffusers options that change the network and that coin does
- * not implement, instead of computing something else silently. */
+/* The diffusers options that change the computation, with the one value
+ * coin implements (as JSON).  An absent key is diffusers' default, which is
+ * that value; a list (per-level form) must hold it everywhere. */
+static const struct { const char *key, *value; } SUPPORTED[] = {
+    {"act_fn", "\"silu\""},
+    {"time_embedding_type", "\"positional\""},
+    {"flip_sin_to_cos", "true"},
+    {"freq_shift", "0"},
+    {"center_input_sample", "false"},
+    {"resnet_time_scale_shift", "\"default\""},
+    {"resnet_skip_time_act", "false"},
+    {"resnet_out_scale_factor", "1"},
+    {"mid_block_type", "\"UNetMidBlock2DCrossAttn\""},
+    {"mid_block_scale_factor", "1"},
+    {"mid_block_only_cross_attention", "null"},
+    {"downsample_padding", "1"},
+    {"only_cross_attention", "false"},
+    {"dual_cross_attention", "false"},
+    {"attention_type", "\"default\""},
+    {"cross_attention_norm", "null"},
+    {"class_embed_type", "null"},
+    {"num_class_embeds", "null"},
+    {"addition_embed_type", "null"},
+    {"encoder_hid_dim", "null"},
+    {"encoder_hid_dim_type", "null"},
+    {"time_cond_proj_dim", "null"},
+    {"time_embedding_act_fn", "null"},
+    {"timestep_post_act", "null"},
+};
+
+/* Rejects a config that asks for something else instead of computing
+ * something else silently. */
 static int check_unsupported(const checkpoint *ck, const cJSON *j, coin_error *err)
 {
-    static const struct { const char *key, *value; } strings[] = {
-        {"act_fn", "silu"}, {"time_embedding_type", "positional"},
-        {"resnet_time_scale_shift", "default"}, {"mid_block_type", "UNetMidBlock2DCrossAttn"},
-    };
-    for (size_t i = 0; i < sizeof strings / sizeof strings[0]; i++) {
-        const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, strings[i].key);
-        if (cJSON_IsString(v) && strcmp(v->valuestring, strings[i].value))
-            return coin_fail(err, COIN_EUNSUPPORTED,
-                             "%s/unet/config.json: %s \"%s\" is not supported (only \"%s\")",
-                             ck->path, strings[i].key, v->valuestring, strings[i].value);
+    for (size_t i = 0; i < sizeof SUPPORTED / sizeof SUPPORTED[0]; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, SUPPORTED[i].key);
+        if (!v)
+            continue;
+        cJSON *want = cJSON_Parse(SUPPORTED[i].value);
+        int ok = cJSON_Compare(v, want, 1);
+        if (!ok && cJSON_IsArray(v)) {
+            ok = 1;
+            for (const cJSON *e = v->child; e; e = e->next)
+                ok = ok && cJSON_Compare(e, want, 1);
+        }
+        cJSON_Delete(want);
+        if (!ok) {
+            char *got = cJSON_PrintUnformatted(v);
+            int rc = coin_fail(err, COIN_EUNSUPPORTED,
+                               "%s/unet/config.json: %s %s is not supported (coin runs the "
+                               "Stable Diffusion 1.x/2.x UNet, which has %s)", ck->path,
+                               SUPPORTED[i].key, got ? got : "(?)", SUPPORTED[i].value);
+            free(got);
+            return rc;
+        }
     }
-    static const char *const must_be_null[] = {
-        "class_embed_type", "addition_embed_type", "num_class_embeds", "time_cond_proj_dim",
-        "encoder_hid_dim", "time_embedding_act_fn", "timestep_post_act",
-    };
-    for (size_t i = 0; i < sizeof must_be_null / sizeof must_be_null[0]; i++) {
-        const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, must_be_null[i]);
-        if (v && !cJSON_IsNull(v))
-            return coin_fail(err, COIN_EUNSUPPORTED,
-                             "%s/unet/config.json: %s is set; coin runs only the "
-                             "Stable Diffusion 1.x/2.x UNet", ck->path, must_be_null[i]);
-    }
-    const cJSON *flip = cJSON_GetObjectItemCaseSensitive(j, "flip_sin_to_cos");
-    const cJSON *shift = cJSON_GetObjectItemCaseSensitive(j, "freq_shift");
-    if ((flip && !cJSON_IsTrue(flip)) || (cJSON_IsNumber(shift) && shift->valuedouble != 0))
-        return coin_fail(err, COIN_EUNSUPPORTED,
-                         "%s/unet/config.json: only flip_sin_to_cos true and freq_shift 0 "
-                         "are supported", ck->path);
     return 0;
 }
 

@@ -69,7 +69,9 @@ struct vae_model {
     vae_config cfg;
     const coin_backend *be;
     const char *norm_groups_from;
-    int has_encoder;
+    int has_encoder;        /* in the file, then: loaded */
+    int has_decoder;        /* loaded */
+    const char *encoder_missing;    /* why vae_encode cannot run, when it cannot */
     /* encoder (index i = diffusers down_blocks.i) */
     conv_p enc_in;
     level_p enc[VAE_MAX_LEVELS];
@@ -540,26 +542,51 @@ static int load_decoder(vae_model *m, const loader *L)
     return rc;
 }
 
-int vae_load(vae_model **out, const checkpoint *ck, const coin_backend *be,
-             coin_error *err)
+static int load_parts(vae_model **out, const checkpoint *ck, const coin_backend *be,
+                      int parts, int encoder_optional, coin_error *err)
 {
     *out = NULL;
+    if (!(parts & (VAE_DECODER | VAE_ENCODER)) || (parts & ~(VAE_DECODER | VAE_ENCODER)))
+        return coin_fail(err, COIN_EINVAL, "vae_load_parts: parts %d", parts);
     vae_model *m = calloc(1, sizeof *m);
     if (!m)
         return coin_fail(err, COIN_ENOMEM, "out of memory");
     m->be = be;
     loader L = {ck, be, err};
     int rc = infer_config(m, &L);
-    if (!rc)
+    if (!rc && (parts & VAE_ENCODER) && !m->has_encoder && !encoder_optional)
+        rc = coin_fail(err, COIN_ENOTFOUND, "%s: this VAE has only a decoder (no encoder.* "
+                       "tensors), so it cannot encode images; use a model with a full VAE",
+                       ck->path);
+    if (!rc && (parts & VAE_DECODER))
         rc = load_decoder(m, &L);
-    if (!rc && m->has_encoder)
+    if (!rc && (parts & VAE_ENCODER) && m->has_encoder)
         rc = load_encoder(m, &L);
+    m->has_decoder = parts & VAE_DECODER;
+    if (!m->has_encoder)
+        m->encoder_missing = "this VAE has only a decoder (no encoder.* tensors), so it "
+                             "cannot encode images; use a model with a full VAE";
+    else if (!(parts & VAE_ENCODER))
+        m->encoder_missing = "the VAE was loaded without its encoder (vae_load_parts)";
+    m->has_encoder = m->has_encoder && (parts & VAE_ENCODER);
     if (rc) {
         vae_free(m);
         return rc;
     }
     *out = m;
     return 0;
+}
+
+int vae_load(vae_model **out, const checkpoint *ck, const coin_backend *be,
+             coin_error *err)
+{
+    return load_parts(out, ck, be, VAE_DECODER | VAE_ENCODER, 1, err);
+}
+
+int vae_load_parts(vae_model **out, const checkpoint *ck, const coin_backend *be,
+                   int parts, coin_error *err)
+{
+    return load_parts(out, ck, be, parts, 0, err);
 }
 
 /* ---- forward ---- */
@@ -708,6 +735,8 @@ int vae_decode(const vae_model *m, const tensor *z, tensor *img, coin_error *err
     int g = c->norm_groups, rc;
     tensor x = {0};
     memset(img, 0, sizeof *img);
+    if (!m->has_decoder)
+        return coin_fail(err, COIN_EINVAL, "vae_decode: the VAE was loaded without its decoder");
     TRY(check_input(m, z, c->latent_channels, 1, "vae_decode", "latents", err));
     TRY(conv(&x, z, &m->post_quant, 1, 0, 0, err));
     TRY(conv_inplace(&x, &m->dec_in, 1, 1, 1, err));
@@ -747,9 +776,7 @@ int vae_encode(const vae_model *m, const tensor *img, tensor *mean, tensor *logv
     memset(mean, 0, sizeof *mean);
     memset(logvar, 0, sizeof *logvar);
     if (!m->has_encoder)
-        return coin_fail(err, COIN_EUNSUPPORTED, "vae_encode: this VAE has only a decoder "
-                         "(no encoder.* tensors), so it cannot encode images; use a model "
-                         "with a full VAE");
+        return coin_fail(err, COIN_EUNSUPPORTED, "vae_encode: %s", m->encoder_missing);
     TRY(check_input(m, img, c->in_channels, (int64_t)1 << (c->levels - 1), "vae_encode",
                     "image", err));
     TRY(conv(&x, img, &m->enc_in, 1, 1, 1, err));

@@ -27,8 +27,20 @@ typedef struct vae_config {
 
 typedef struct vae_model vae_model;
 
+/* Loads the decoder, and the encoder when the file has one (some VAE-only
+ * files carry just the decoder: they load, and vae_encode says why it
+ * cannot).  Every tensor's shape is checked; errors name the tensor. */
 int vae_load(vae_model **out, const checkpoint *ck, const coin_backend *be,
              coin_error *err);
+
+/* As vae_load, but only the halves asked for (VAE_DECODER, VAE_ENCODER or
+ * both): sampling needs only the decoder, about 60% of the weights.  The
+ * config is still read from the whole file.  Asking for an encoder the file
+ * lacks is an error. */
+#define VAE_DECODER 1
+#define VAE_ENCODER 2
+int vae_load_parts(vae_model **out, const checkpoint *ck, const coin_backend *be,
+                   int parts, coin_error *err);
 void vae_free(vae_model *m);
 const vae_config *vae_get_config(const vae_model *m);
 

@@ -6,9 +6,12 @@
  * philox.safetensors holds rng_philox.py's algorithm as an independent numpy
  * implementation computes it (tools/reference/make_rng_goldens.py; layout in
  * tests/golden/README.md).  The metadata lists the cases, so a case added
- * there is run here without a change.  Tolerance 1e-6 absolute; coin in fact
- * reproduces both files bit for bit (the CPU one including torch's AVX2
- * Cephes log/sincos), so any error at all is worth a look.
+ * there is run here without a change.  Tolerance 1e-6 absolute, and more:
+ * coin reproduces both files bit for bit (the CPU one including torch's AVX2
+ * Cephes log/sincos and the FMAs its compiler made), and a 1e-6 tolerance
+ * alone would let a 1-ulp regression through, so the checks also demand
+ * bit-identical values wherever no libm function is involved, and nearly
+ * all of them elsewhere (see run_golden and rng_philox_matches_a1111).
  */
 #include <cJSON.h>
 #include <inttypes.h>
@@ -248,6 +251,13 @@ TEST(rng_philox_matches_a1111)
     golden_stats gs;
     run_golden("tests/golden/rng/philox.safetensors", RNG_CUDA, &gs);
     CHECK(gs.values > 1000);
+    /* A float32 Box-Muller (sd.cpp's) stays within 1e-6 on these values but
+     * is off by an ulp or two in most of them; rng_philox.py's double one,
+     * which coin follows, matches bit for bit.  Allow a rare libm last-bit
+     * difference, not a float32 evaluation. */
+    CHECK_MSG(gs.values - gs.exact <= gs.values / 1000,
+              "%d of %d values not bit-identical (max |error| %.3g)",
+              gs.values - gs.exact, gs.values, gs.max_err);
 }
 
 /* The vectors quoted in REFERENCE.md section 6, so that the goldens are not

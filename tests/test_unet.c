@@ -11,9 +11,12 @@
  * absolute error at every recorded timestep pair; fp32 on both sides, so the
  * observed error is far smaller.  A missing golden file is a failure.
  */
+#include <cJSON.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
 #include "core/checkpoint.h"
+#include "core/fileio.h"
 #include "core/safetensors.h"
 #include "core/unet.h"
 #include "test.h"
@@ -300,4 +303,52 @@ TEST(unet_rejects_inputs_that_do_not_fit)
     tensor_free(&ctx);
     unet_free(m);
     checkpoint_close(ck);
+}
+
+/* Writes len bytes to path; 0 on success. */
+static int write_file(const char *path, const char *data, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return -1;
+    size_t put = fwrite(data, 1, len, f);
+    return (fclose(f) || put != len) ? -1 : 0;
+}
+
+TEST(unet_rejects_unsupported_configs)
+{
+    /* A copy of the SD1 diffusers UNet whose config asks for an input
+     * rescaling coin does not implement: an error, not a wrong answer. */
+    char dir[1024], path[1100], *weights = NULL, *config = NULL;
+    size_t n_weights = 0;
+    coin_error err = {0};
+    checkpoint *ck = NULL;
+    unet_model *m = NULL;
+    const char *root = test_tmpdir();
+    snprintf(dir, sizeof dir, "%s/unet", root);
+    REQUIRE(mkdir(dir, 0700) == 0);
+    REQUIRE_OK(file_read_all("tests/golden/sd1/diffusers/unet/diffusion_pytorch_model.safetensors",
+                             1 << 24, &weights, &n_weights, &err), &err);
+    REQUIRE_OK(file_read_all("tests/golden/sd1/diffusers/unet/config.json", 1 << 20, &config,
+                             NULL, &err), &err);
+    cJSON *j = cJSON_Parse(config);
+    REQUIRE(j);
+    cJSON_ReplaceItemInObject(j, "center_input_sample", cJSON_CreateTrue());
+    char *text = cJSON_Print(j);
+    snprintf(path, sizeof path, "%s/diffusion_pytorch_model.safetensors", dir);
+    CHECK(write_file(path, weights, n_weights) == 0);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    CHECK(text && write_file(path, text, strlen(text)) == 0);
+    if (checkpoint_open(&ck, root, SD_UNKNOWN, &err)) {
+        test_failed(__FILE__, __LINE__, "%s", err.msg);
+    } else {
+        CHECK(unet_load(&m, ck, backend_cpu(), &err) == COIN_EUNSUPPORTED);
+        CHECK(m == NULL);
+        CHECK_STR_CONTAINS(err.msg, "center_input_sample true is not supported");
+    }
+    checkpoint_close(ck);
+    cJSON_Delete(j);
+    free(text);
+    free(weights);
+    free(config);
 }

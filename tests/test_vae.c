@@ -484,12 +484,68 @@ TEST(vae_decoder_only_decodes_and_refuses_to_encode)
     CHECK_EQ_INT(vae_encode(m, &image, &mean, &logvar, &err), COIN_EUNSUPPORTED);
     CHECK_STR_CONTAINS(err.msg, "only a decoder");
     CHECK(!mean.mem && !logvar.mem);
+    /* Asking for the encoder of such a file is an error at load. */
+    vae_model *enc = NULL;
+    CHECK_EQ_INT(vae_load_parts(&enc, ck, backend_cpu(), VAE_ENCODER, &err), COIN_ENOTFOUND);
+    CHECK_STR_CONTAINS(err.msg, "only a decoder");
+    CHECK(enc == NULL);
 done:
     tensor_free(&z);
     tensor_free(&decoded);
     tensor_free(&image);
     tensor_free(&img);
     vae_free(m);
+    checkpoint_close(ck);
+    st_close(g);
+}
+
+TEST(vae_load_parts_loads_one_half)
+{
+    coin_error err = {0};
+    st_file *g = NULL;
+    checkpoint *ck = NULL;
+    vae_model *dec = NULL, *enc = NULL, *none = NULL;
+    tensor z = {0}, decoded = {0}, image = {0}, mean = {0}, img = {0};
+    tensor got_mean = {0}, got_logvar = {0};
+    if (st_open(&g, "tests/golden/sd1/vae_reference.safetensors", &err)) {
+        test_failed(__FILE__, __LINE__, "%s", err.msg);
+        return;
+    }
+    if (golden_tensor(&z, g, "z") || golden_tensor(&decoded, g, "decoded") ||
+        golden_tensor(&image, g, "image") || golden_tensor(&mean, g, "mean"))
+        goto done;
+    if (checkpoint_open(&ck, "tests/golden/sd1/diffusers", SD_UNKNOWN, &err) ||
+        vae_load_parts(&dec, ck, backend_cpu(), VAE_DECODER, &err) ||
+        vae_load_parts(&enc, ck, backend_cpu(), VAE_ENCODER, &err)) {
+        test_failed(__FILE__, __LINE__, "%s", err.msg);
+        goto done;
+    }
+    CHECK_EQ_INT(vae_load_parts(&none, ck, backend_cpu(), 0, &err), COIN_EINVAL);
+    if (vae_decode(dec, &z, &img, &err) || vae_encode(enc, &image, &got_mean, &got_logvar, &err)) {
+        test_failed(__FILE__, __LINE__, "%s", err.msg);
+        goto done;
+    }
+    check_close("decoder-only load: decode", &img, &decoded, TOLERANCE);
+    check_close("encoder-only load: encode mean", &got_mean, &mean, TOLERANCE);
+    tensor_free(&img);
+    tensor_free(&got_mean);
+    tensor_free(&got_logvar);
+    CHECK_EQ_INT(vae_encode(dec, &image, &got_mean, &got_logvar, &err), COIN_EUNSUPPORTED);
+    CHECK_STR_CONTAINS(err.msg, "without its encoder");
+    CHECK(vae_decode(enc, &z, &img, &err) != 0);
+    CHECK_STR_CONTAINS(err.msg, "without its decoder");
+    CHECK(!img.mem && !got_mean.mem && !got_logvar.mem);
+done:
+    tensor_free(&z);
+    tensor_free(&decoded);
+    tensor_free(&image);
+    tensor_free(&mean);
+    tensor_free(&img);
+    tensor_free(&got_mean);
+    tensor_free(&got_logvar);
+    vae_free(dec);
+    vae_free(enc);
+    vae_free(none);
     checkpoint_close(ck);
     st_close(g);
 }

@@ -2,20 +2,20 @@
  * bench_vae.c - times coin's VAE decode (and optionally encode) on one
  * latent, for tools/bench/bench_vae.py, which compares it with diffusers.
  *
- *   bench_vae MODEL IN.safetensors OUT.safetensors [RUNS] [--encode]
+ *   bench_vae MODEL IN.safetensors OUT.safetensors [RUNS] [--encode | --decoder-only]
  *
  * MODEL is anything checkpoint_open takes.  IN holds "z" [B, 4, h, w] (and
  * "image" [B, 3, H, W] for --encode); OUT gets "decoded" (and "mean",
- * "logvar").  Prints one line the Python side parses:
+ * "logvar").  --decoder-only loads just the decoder's weights, as sampling
+ * does (vae_load_parts).  Prints one line the Python side parses:
  *   vae: load L ms, decode median D ms over N runs, rss after load A MiB, peak rss P MiB
  * (then ", encode median E ms" with --encode).  Peak RSS is the process's
- * high-water mark (getrusage), so it covers weights plus the largest set of
- * live activations.  Built against build/libcoin.a; see bench_vae.sh.
+ * high-water mark (VmHWM), so it covers the weights, the mapped file pages
+ * read while loading, and the largest set of live activations.  Built against build/libcoin.a; see bench_vae.sh.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <time.h>
 
 #include "core/checkpoint.h"
@@ -29,11 +29,20 @@ static double now_ms(void)
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
+/* VmHWM, the resident high-water mark of this process's address space.
+ * Not getrusage's ru_maxrss: that one survives exec, so a child started
+ * by a big Python process would report the parent's size. */
 static double peak_mib(void)
 {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return ru.ru_maxrss / 1024.0;   /* Linux reports KiB */
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    double kib = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %lf kB", &kib) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kib / 1024.0;
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -81,11 +90,13 @@ static int add_output(st_writer *w, const char *name, const tensor *t, coin_erro
 int main(int argc, char **argv)
 {
     if (argc < 4) {
-        fprintf(stderr, "usage: bench_vae MODEL IN.safetensors OUT.safetensors [RUNS] [--encode]\n");
+        fprintf(stderr, "usage: bench_vae MODEL IN.safetensors OUT.safetensors [RUNS] "
+                "[--encode | --decoder-only]\n");
         return 2;
     }
     int runs = argc > 4 && argv[4][0] != '-' ? atoi(argv[4]) : 1;
     int encode = !strcmp(argv[argc - 1], "--encode");
+    int parts = !strcmp(argv[argc - 1], "--decoder-only") ? VAE_DECODER : VAE_DECODER | VAE_ENCODER;
     if (runs < 1 || runs > 100)
         runs = 1;
     coin_error err = {0};
@@ -99,7 +110,7 @@ int main(int argc, char **argv)
 
     double t0 = now_ms();
     if (checkpoint_open(&ck, argv[1], SD_UNKNOWN, &err) ||
-        vae_load(&m, ck, backend_cpu(), &err))
+        vae_load_parts(&m, ck, backend_cpu(), parts, &err))
         return die(&err);
     double load_ms = now_ms() - t0, rss_loaded = peak_mib();
     if (st_open(&in, argv[2], &err) || read_input(&z, in, "z", &err))

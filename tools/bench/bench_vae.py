@@ -8,7 +8,7 @@ diffusers' default init under torch.manual_seed(0)), with inputs
 tools/reference/out/vae_full_inputs_<S>.safetensors: z = randn(1,4,S/8,S/8) and
 image = rand(1,3,S,S)*2-1 (torch.Generator().manual_seed(S)).
 
-Each side runs in its own process, so each peak RSS (getrusage ru_maxrss) is its own:
+Each side runs in its own process, so each peak RSS (/proc/self/status VmHWM) is its own:
   diffusers: AutoencoderKL.from_pretrained, torch.set_num_threads(T), torch.no_grad,
              median of N decodes (default attention processor, SDPA);
   coin:      tools/bench/bench_vae MODEL IN OUT N (see bench_vae.c / bench_vae.sh).
@@ -17,13 +17,12 @@ decoded images (and of the encoded mean/logvar with --encode).
 
 Usage (repo root; normally via tools/bench/bench_vae.sh, which builds the C side):
     tools/reference/.venv/bin/python tools/bench/bench_vae.py [--sizes 512,768] [--runs 1]
-        [--threads $(nproc)] [--encode] [--no-torch] [--no-coin]
+        [--threads $(nproc)] [--encode | --decoder-only] [--no-torch] [--no-coin]
 """
 import argparse
 import json
 import os
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -45,7 +44,13 @@ COIN_LINE = re.compile(r"vae: load ([0-9.]+) ms, decode median ([0-9.]+) ms over
 
 
 def peak_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    # VmHWM, not getrusage's ru_maxrss, which survives fork + exec and so would start every
+    # child at the size of this (parent) process.
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return -1.0
 
 
 def make_inputs(size):
@@ -109,7 +114,11 @@ def run_torch(args, size, inputs, out_path):
 
 
 def run_coin(args, size, inputs, out_path):
-    cmd = [args.coin, os.path.join(MODEL), inputs, out_path, str(args.runs)] + (["--encode"] if args.encode else [])
+    cmd = [args.coin, MODEL, inputs, out_path, str(args.runs)]
+    if args.encode:
+        cmd.append("--encode")
+    elif args.decoder_only:
+        cmd.append("--decoder-only")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OPENBLAS_NUM_THREADS=str(args.threads))
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if res.returncode:
@@ -134,6 +143,8 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--coin", default=os.path.join(REPO, "build", "bench_vae"))
     ap.add_argument("--encode", action="store_true")
+    ap.add_argument("--decoder-only", action="store_true",
+                    help="coin loads only the decoder's weights, as sampling does")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--no-coin", action="store_true")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
