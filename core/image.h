@@ -135,8 +135,11 @@ uint8_t image_float_to_u8(float x);
  * Pillow's Image.resize(size, Image.BICUBIC) (reducing_gap None), byte for
  * byte: Resample.c's antialiased separable convolution (cubic a = -0.5,
  * support scaled by the reduction factor, coefficients normalised in double
- * and rounded to 22-bit fixed point, a horizontal pass over the rows the
- * vertical pass needs, then a vertical pass, clipping to 0..255 after each).
+ * and rounded to 22-bit fixed point, clipping to 0..255 after each pass).
+ * The passes run in Pillow 13's order: vertical first when the height
+ * shrinks by more than twice as many pixels as the width, else horizontal
+ * first (older Pillow always went horizontal first; the two orders differ
+ * by a level here and there).
  * Works on 3 or 4 channels alike (each independently, as Pillow does for RGB
  * and RGBX; Pillow premultiplies RGBA first, which is not done here).
  * *out is allocated.

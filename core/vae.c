@@ -363,7 +363,8 @@ static int read_config(vae_model *m, const checkpoint *ck, coin_error *err)
     }
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(c, "norm_num_groups");
     if (cJSON_IsNumber(v)) {
-        m->cfg.norm_groups = (int)v->valuedouble;
+        /* Out of range becomes 0, refused by the caller (no undefined cast). */
+        m->cfg.norm_groups = v->valuedouble >= 1 && v->valuedouble <= 4096 ? (int)v->valuedouble : 0;
         m->norm_groups_from = "vae/config.json";
     }
     v = cJSON_GetObjectItemCaseSensitive(c, "scaling_factor");

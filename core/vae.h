@@ -17,11 +17,12 @@
 #define VAE_MAX_LEVELS 8
 
 typedef struct vae_config {
-    int in_channels, latent_channels;
+    int in_channels, latent_channels;   /* image channels (3), latent channels (4) */
     int levels;
     int channels[VAE_MAX_LEVELS];   /* block_out_channels */
     int layers_per_block;           /* encoder; the decoder has one more */
-    int norm_groups;                /* 32 */
+    int norm_groups;                /* 32 unless vae/config.json norm_num_groups or, in a
+                                     * single file, metadata vae.norm_num_groups says */
     float scaling_factor;           /* 0.18215 unless vae/config.json says otherwise */
 } vae_config;
 
