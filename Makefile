@@ -15,6 +15,13 @@ endif
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -MMD -MP
 CPPFLAGS += -I. -I/usr/include/cjson
+# OpenBLAS built for OpenMP shares libgomp's threads with coin's own loops;
+# the pthread build's threads and libgomp's spinning ones fight over the cores
+# (measured: a 2-thread VAE decode slower than a 1-thread one).
+BLAS_DIR := $(wildcard /usr/lib/x86_64-linux-gnu/openblas-openmp)
+ifneq ($(BLAS_DIR),)
+LDLIBS  += -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR)
+endif
 LDLIBS  += -lopenblas -lcjson -lutf8proc -lpng -lz -lm -fopenmp
 
 NVCC    ?= $(shell command -v nvcc 2>/dev/null)

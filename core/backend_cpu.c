@@ -423,6 +423,342 @@ static int cpu_scale(tensor *y, const tensor *x, float s)
     return 0;
 }
 
+/* ==== Backward ops ====
+ *
+ * Gradients of activations only: textual inversion trains a few embedding
+ * rows, so no weight gradient is ever formed.  Each op recomputes what it
+ * needs from the saved forward input (normalisation statistics, softmax
+ * rows) rather than have the forward store it.  Reductions that decide
+ * accuracy are again accumulated in double.
+ */
+
+/* dx[M,K] = dy[M,N] w[N,K]: the forward's GEMM with w untransposed. */
+static int cpu_linear_backward(tensor *dx, const tensor *dy, const tensor *w)
+{
+    int64_t N = w->shape[0], K = w->shape[1], M = dx->n / K;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)K, (int)N,
+                1.0f, CF(dy), (int)N, CF(w), (int)K, 0.0f, F(dx), (int)K);
+    return 0;
+}
+
+/*
+ * The normalisation backward shared by LayerNorm and GroupNorm, for one set
+ * of n values normalised together: with xhat = (x - mean) * rstd and
+ * e = dy * gamma (gamma per run of `run` values),
+ *   dx = rstd * (e - mean(e) - xhat * mean(e * xhat)).
+ * Every pass reads x[i] and dy[i] before dx[i] is written, so dx may alias
+ * either.
+ */
+static void norm_backward(float *dx, const float *dy, const float *x, const float *gamma,
+                          int64_t n, int64_t run, float eps)
+{
+    double sum = 0, sq = 0;
+    for (int64_t i = 0; i < n; i++)
+        sum += x[i];
+    double mean = sum / (double)n;
+    for (int64_t i = 0; i < n; i++)
+        sq += (x[i] - mean) * (x[i] - mean);
+    /* The forward's biased variance and eps. */
+    double rstd = 1.0 / sqrt(sq / (double)n + eps);
+    double se = 0, sex = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double e = (double)dy[i] * gamma[i / run];
+        se += e;
+        sex += e * (x[i] - mean) * rstd;
+    }
+    double me = se / (double)n, mex = sex / (double)n;
+    for (int64_t i = 0; i < n; i++) {
+        double xhat = (x[i] - mean) * rstd;
+        dx[i] = (float)(rstd * ((double)dy[i] * gamma[i / run] - me - xhat * mex));
+    }
+}
+
+static int cpu_layernorm_backward(tensor *dx, const tensor *dy, const tensor *x,
+                                  const tensor *g, float eps)
+{
+    int64_t D = x->shape[x->ndim - 1], M = x->n / D;
+#pragma omp parallel for if (M * D > 65536)
+    for (int64_t i = 0; i < M; i++)
+        norm_backward(F(dx) + i * D, CF(dy) + i * D, CF(x) + i * D, CF(g), D, 1, eps);
+    return 0;
+}
+
+static int cpu_group_norm_backward(tensor *dx, const tensor *dy, const tensor *x,
+                                   const tensor *g, int groups, float eps)
+{
+    int64_t B = x->shape[0], C = x->shape[1], S = x->n / (B * C), cg = C / groups;
+#pragma omp parallel for collapse(2)
+    for (int64_t n = 0; n < B; n++)
+        for (int64_t grp = 0; grp < groups; grp++) {
+            int64_t off = (n * C + grp * cg) * S;
+            norm_backward(F(dx) + off, CF(dy) + off, CF(x) + off, CF(g) + grp * cg, cg * S,
+                          S, eps);
+        }
+    return 0;
+}
+
+/* d/dx of x Phi(x) = Phi(x) + x phi(x), phi the standard normal density. */
+static float gelu_grad(float x)
+{
+    const float inv_sqrt_2pi = 0.3989422804014327f;
+    return 0.5f * (1.0f + erff(x * (float)M_SQRT1_2)) + x * inv_sqrt_2pi * expf(-0.5f * x * x);
+}
+
+static int cpu_gelu_backward(tensor *dx, const tensor *dy, const tensor *x)
+{
+#pragma omp parallel for if (dx->n > 65536)
+    for (int64_t i = 0; i < dx->n; i++)
+        F(dx)[i] = CF(dy)[i] * gelu_grad(CF(x)[i]);
+    return 0;
+}
+
+/* d/dx of x s(ax) = s + a x s (1 - s), s the logistic sigmoid. */
+static float sigmoid_gate_grad(float x, float a)
+{
+    float s = 1.0f / (1.0f + expf(-a * x));
+    return s + a * x * s * (1.0f - s);
+}
+
+static int cpu_quick_gelu_backward(tensor *dx, const tensor *dy, const tensor *x)
+{
+#pragma omp parallel for if (dx->n > 65536)
+    for (int64_t i = 0; i < dx->n; i++)
+        F(dx)[i] = CF(dy)[i] * sigmoid_gate_grad(CF(x)[i], 1.702f);
+    return 0;
+}
+
+static int cpu_silu_backward(tensor *dx, const tensor *dy, const tensor *x)
+{
+#pragma omp parallel for if (dx->n > 65536)
+    for (int64_t i = 0; i < dx->n; i++)
+        F(dx)[i] = CF(dy)[i] * sigmoid_gate_grad(CF(x)[i], 1.0f);
+    return 0;
+}
+
+/* y = val * gelu(gate): dval = dy gelu(gate), dgate = dy val gelu'(gate). */
+static int cpu_geglu_backward(tensor *dx, const tensor *dy, const tensor *x)
+{
+    int64_t width = dy->shape[dy->ndim - 1], M = dy->n / width;
+#pragma omp parallel for if (dy->n > 65536)
+    for (int64_t r = 0; r < M; r++) {
+        const float *val = CF(x) + r * 2 * width, *gate = val + width;
+        const float *grad = CF(dy) + r * width;
+        float *dval = F(dx) + r * 2 * width, *dgate = dval + width;
+        for (int64_t j = 0; j < width; j++) {
+            /* Both halves read before either is written: dx may alias x. */
+            float v = val[j], gt = gate[j];
+            dval[j] = grad[j] * 0.5f * gt * (1.0f + erff(gt * (float)M_SQRT1_2));
+            dgate[j] = grad[j] * v * gelu_grad(gt);
+        }
+    }
+    return 0;
+}
+
+/*
+ * Attention backward, flash-attention style: per (batch, head), blocks of
+ * query rows as in attention_blocks.  For a block, with s = 1/sqrt(hd),
+ *   P  = softmax(s Q K^T)            recomputed, [n, S]
+ *   dV += P^T dO                     [S, hdv]
+ *   dP = dO V^T                      [n, S]
+ *   dZ = P * (dP - rowsum(P * dP))   the softmax backward (rowsum(P * dP) is
+ *                                    rowsum(dO * O), without needing O)
+ *   dQ = s dZ K,   dK += s dZ^T Q
+ * Two blocks of at most ATTN_BLOCK_FLOATS are the only scratch, however long
+ * the sequence.  Causal blocks stop at their last query's key.
+ */
+static int cpu_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tensor *dout,
+                                  const tensor *q, const tensor *k, const tensor *v,
+                                  int heads, int causal)
+{
+    int64_t B = q->shape[0], T = q->shape[1], S = k->shape[1];
+    int64_t C = q->shape[2], Cv = v->shape[2];
+    int64_t hd = C / heads, hdv = Cv / heads;
+    int64_t rows = ATTN_BLOCK_FLOATS / S;
+    if (rows < 1)
+        rows = 1;
+    if (rows > T)
+        rows = T;
+    float *p = malloc((size_t)(rows * S) * sizeof(float));
+    float *dp = malloc((size_t)(rows * S) * sizeof(float));
+    if (!p || !dp) {
+        free(p);
+        free(dp);
+        return COIN_ENOMEM;
+    }
+    memset(F(dk), 0, (size_t)dk->n * sizeof(float));
+    memset(F(dv), 0, (size_t)dv->n * sizeof(float));
+    float scale = 1.0f / sqrtf((float)hd);
+    for (int64_t b = 0; b < B; b++)
+        for (int h = 0; h < heads; h++)
+            for (int64_t i0 = 0; i0 < T; i0 += rows) {
+                int64_t n = T - i0 < rows ? T - i0 : rows;
+                /* Keys this block sees (causal: T == S, so this is <= S). */
+                int64_t keys = causal ? i0 + n : S;
+                const float *qb = CF(q) + (b * T + i0) * C + h * hd;
+                const float *kb = CF(k) + b * S * C + h * hd;
+                const float *vb = CF(v) + b * S * Cv + h * hdv;
+                const float *dob = CF(dout) + (b * T + i0) * Cv + h * hdv;
+                float *dqb = F(dq) + (b * T + i0) * C + h * hd;
+                float *dkb = F(dk) + b * S * C + h * hd;
+                float *dvb = F(dv) + b * S * Cv + h * hdv;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)keys,
+                            (int)hd, scale, qb, (int)C, kb, (int)C, 0.0f, p, (int)keys);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)keys,
+                            (int)hdv, 1.0f, dob, (int)Cv, vb, (int)Cv, 0.0f, dp, (int)keys);
+#pragma omp parallel for
+                for (int64_t r = 0; r < n; r++) {
+                    float *pr = p + r * keys, *dpr = dp + r * keys;
+                    int64_t seen = causal ? i0 + r + 1 : keys;
+                    float max = -INFINITY;
+                    for (int64_t j = 0; j < seen; j++)
+                        max = pr[j] > max ? pr[j] : max;
+                    double denom = 0;
+                    for (int64_t j = 0; j < seen; j++) {
+                        pr[j] = expf(pr[j] - max);
+                        denom += pr[j];
+                    }
+                    float inv = (float)(1.0 / denom);
+                    double dot = 0;
+                    for (int64_t j = 0; j < seen; j++) {
+                        pr[j] *= inv;
+                        dot += (double)pr[j] * dpr[j];
+                    }
+                    /* dZ, with the score scale folded in for dQ and dK. */
+                    for (int64_t j = 0; j < seen; j++)
+                        dpr[j] = pr[j] * (float)(dpr[j] - dot) * scale;
+                    for (int64_t j = seen; j < keys; j++)
+                        pr[j] = dpr[j] = 0.0f;
+                }
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)keys, (int)hdv,
+                            (int)n, 1.0f, p, (int)keys, dob, (int)Cv, 1.0f, dvb, (int)Cv);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)hd,
+                            (int)keys, 1.0f, dp, (int)keys, kb, (int)C, 0.0f, dqb, (int)C);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)keys, (int)hd,
+                            (int)n, 1.0f, dp, (int)keys, qb, (int)C, 1.0f, dkb, (int)C);
+            }
+    free(p);
+    free(dp);
+    return 0;
+}
+
+/*
+ * The convolution's input gradient: per band of output rows (as in
+ * cpu_conv2d, so the column buffer stays under CONV_BAND_FLOATS), the
+ * column gradient dcols[K, band*Wo] = w^T dy_band by GEMM, then col2im adds
+ * each column entry back onto the input pixel it was read from.  Bands
+ * overlap in input rows, so col2im adds rather than stores; it runs one
+ * input channel per thread, since only that channel's kernel taps touch its
+ * plane.  Stride and asymmetric padding enter only through the index map,
+ * the same one im2col uses.
+ */
+static int cpu_conv2d_backward_input(tensor *dx, const tensor *dy, const tensor *w,
+                                     int stride, const int pad[4])
+{
+    int64_t B = dx->shape[0], Ci = dx->shape[1], H = dx->shape[2], W = dx->shape[3];
+    int64_t Co = w->shape[0], KH = w->shape[2], KW = w->shape[3];
+    int64_t Ho = dy->shape[2], Wo = dy->shape[3], K = Ci * KH * KW;
+    int pointwise = KH == 1 && KW == 1 && stride == 1 && !pad[0] && !pad[1] && !pad[2] && !pad[3];
+    if (pointwise) {
+        /* dx[Ci, HW] = w^T[Ci, Co] dy[Co, HW] per image. */
+        for (int64_t n = 0; n < B; n++)
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)Ci, (int)(H * W),
+                        (int)Co, 1.0f, CF(w), (int)Ci, CF(dy) + n * Co * H * W, (int)(H * W),
+                        0.0f, F(dx) + n * Ci * H * W, (int)(H * W));
+        return 0;
+    }
+    int64_t band = CONV_BAND_FLOATS / (K * Wo);
+    if (band < 1)
+        band = 1;
+    if (band > Ho)
+        band = Ho;
+    float *cols = malloc((size_t)(K * band * Wo) * sizeof(float));
+    if (!cols)
+        return COIN_ENOMEM;
+    /* Pixels no tap reads (stride 2 past the last window) get no gradient. */
+    memset(F(dx), 0, (size_t)dx->n * sizeof(float));
+    for (int64_t n = 0; n < B; n++) {
+        const float *dyn = CF(dy) + n * Co * Ho * Wo;
+        float *dxn = F(dx) + n * Ci * H * W;
+        for (int64_t r0 = 0; r0 < Ho; r0 += band) {
+            int64_t rows = Ho - r0 < band ? Ho - r0 : band, width = rows * Wo;
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)K, (int)width, (int)Co,
+                        1.0f, CF(w), (int)K, dyn + r0 * Wo, (int)(Ho * Wo), 0.0f, cols,
+                        (int)width);
+#pragma omp parallel for
+            for (int64_t c = 0; c < Ci; c++)
+                for (int64_t ky = 0; ky < KH; ky++)
+                    for (int64_t kx = 0; kx < KW; kx++) {
+                        const float *src = cols + ((c * KH + ky) * KW + kx) * width;
+                        float *plane = dxn + c * H * W;
+                        for (int64_t oy = 0; oy < rows; oy++) {
+                            int64_t iy = (r0 + oy) * stride + ky - pad[0];
+                            if (iy < 0 || iy >= H)
+                                continue;
+                            for (int64_t ox = 0; ox < Wo; ox++) {
+                                int64_t ix = ox * stride + kx - pad[2];
+                                if (ix >= 0 && ix < W)
+                                    plane[iy * W + ix] += src[oy * Wo + ox];
+                            }
+                        }
+                    }
+        }
+    }
+    free(cols);
+    return 0;
+}
+
+static int cpu_upsample2x_backward(tensor *dx, const tensor *dy)
+{
+    int64_t BC = dx->shape[0] * dx->shape[1], H = dx->shape[2], W = dx->shape[3];
+#pragma omp parallel for
+    for (int64_t p = 0; p < BC; p++) {
+        const float *in = CF(dy) + p * 4 * H * W;
+        float *out = F(dx) + p * H * W;
+        for (int64_t i = 0; i < H; i++)
+            for (int64_t j = 0; j < W; j++) {
+                const float *top = in + 2 * i * 2 * W + 2 * j, *bottom = top + 2 * W;
+                out[i * W + j] = (top[0] + top[1]) + (bottom[0] + bottom[1]);
+            }
+    }
+    return 0;
+}
+
+static int cpu_split(tensor *a, tensor *b, const tensor *y)
+{
+    int64_t B = a->shape[0], na = a->n / B, nb = b->n / B;
+    for (int64_t n = 0; n < B; n++) {
+        memcpy(F(a) + n * na, CF(y) + n * (na + nb), (size_t)na * sizeof(float));
+        memcpy(F(b) + n * nb, CF(y) + n * (na + nb) + na, (size_t)nb * sizeof(float));
+    }
+    return 0;
+}
+
+/* Serial over positions: there are at most a few hundred, and positions that
+ * share an id would race on its row. */
+static int cpu_embed_backward(tensor *drows, const tensor *dy, const int32_t *ids,
+                              int first_id)
+{
+    int64_t BT = dy->shape[0] * dy->shape[1], D = dy->shape[2], R = drows->shape[0];
+    for (int64_t i = 0; i < BT; i++) {
+        int64_t row = (int64_t)ids[i] - first_id;
+        if (row < 0 || row >= R)
+            continue;
+        float *dst = F(drows) + row * D;
+        const float *src = CF(dy) + i * D;
+        for (int64_t d = 0; d < D; d++)
+            dst[d] += src[d];
+    }
+    return 0;
+}
+
+static int cpu_axpy(tensor *y, const tensor *x, float a)
+{
+#pragma omp parallel for if (y->n > 65536)
+    for (int64_t i = 0; i < y->n; i++)
+        F(y)[i] += a * CF(x)[i];
+    return 0;
+}
+
 static const coin_backend cpu_backend = {
     .name = "cpu",
     .alloc = cpu_alloc,

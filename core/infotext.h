@@ -51,6 +51,10 @@ typedef int (*sha256_progress_fn)(uint64_t done, uint64_t total, void *user);
 int sha256_file(const char *path, uint8_t digest[32], sha256_progress_fn progress,
                 void *user, coin_error *err);
 
+/* Whether the SHA instructions may be used (default: when the CPU has
+ * them).  Returns the previous setting; for tests and benchmarks. */
+int sha256_allow_hw(int allow);
+
 /* A1111's short hashes of a file: model "Model hash" (10 hex digits,
  * CheckpointInfo.shorthash) and embedding "TI hashes" (12, Embedding.shorthash). */
 int infotext_model_hash(const char *path, char out[11], sha256_progress_fn progress,
@@ -137,8 +141,8 @@ const char *infotext_get_extra(const infotext *it, const char *key);
  *   prompt, then "\nNegative prompt: " + negative when the negative is not
  *   empty, then "\n" + the "Key: value" pairs joined by ", " in A1111's key
  *   order (Steps, Sampler, Schedule type, CFG scale, Seed, Size, Model hash,
- *   Model, ..., RNG, extra parameters, TI hashes, Version), the whole
- *   stripped of surrounding whitespace.  A value containing ',', ':' or a
+ *   Model, ..., RNG, Tiling, the extra parameters with TI hashes among them,
+ *   Version, User), the whole stripped of surrounding whitespace.  A value containing ',', ':' or a
  *   newline is JSON-quoted (json.dumps, ensure_ascii=False), as A1111's
  *   quote() does; a value equal to its key is written as the key alone.
  * *out is a new NUL-terminated string.

@@ -390,3 +390,257 @@ int op_scale(tensor *y, const tensor *x, float s, coin_error *err)
         return shape_fail(err, "scale", "element counts differ", y, x);
     return call_rc(err, "scale", y, y->be->scale(y, x, s));
 }
+
+/* ---- backward ops ----
+ *
+ * Besides shapes, these check that an output does not overlap an input where
+ * the kernel would read what it has already overwritten (most of them zero
+ * or accumulate into the output before the inputs are spent). */
+
+static int overlaps(const tensor *a, const tensor *b)
+{
+    uintptr_t a0 = (uintptr_t)a->mem, b0 = (uintptr_t)b->mem;
+    return a->n && b->n && a0 < b0 + (uintptr_t)b->n * sizeof(float) &&
+           b0 < a0 + (uintptr_t)a->n * sizeof(float);
+}
+
+#define CHECK_APART(op, out, in)                                                 \
+    do {                                                                         \
+        if (overlaps(out, in))                                                   \
+            return coin_fail(err, COIN_EINVAL,                                   \
+                             op ": the output " #out " shares memory with the "   \
+                             "input " #in "; give it a tensor of its own");       \
+    } while (0)
+
+/* Same element count and the same last dimension. */
+static int same_rows(const tensor *a, const tensor *b)
+{
+    return a->n == b->n && last_dim(a) == last_dim(b);
+}
+
+static int same_shape(const tensor *a, const tensor *b)
+{
+    if (a->ndim != b->ndim)
+        return 0;
+    for (int i = 0; i < a->ndim; i++)
+        if (a->shape[i] != b->shape[i])
+            return 0;
+    return 1;
+}
+
+int op_linear_backward(tensor *dx, const tensor *dy, const tensor *w, coin_error *err)
+{
+    CHECK_ON("linear_backward", dx, dy);
+    CHECK_ON("linear_backward", dx, w);
+    if (w->ndim != 2 || last_dim(dy) != w->shape[0])
+        return shape_fail(err, "linear_backward", "gradient width differs from weight rows",
+                          dy, w);
+    if (last_dim(dx) != w->shape[1] || dx->n / last_dim(dx) != dy->n / last_dim(dy))
+        return shape_fail(err, "linear_backward", "input gradient shape does not fit", dx, w);
+    CHECK_APART("linear_backward", dx, dy);
+    CHECK_APART("linear_backward", dx, w);
+    return call_rc(err, "linear_backward", dx, dx->be->linear_backward(dx, dy, w));
+}
+
+int op_layernorm_backward(tensor *dx, const tensor *dy, const tensor *x,
+                          const tensor *g, float eps, coin_error *err)
+{
+    CHECK_ON("layernorm_backward", dx, dy);
+    CHECK_ON("layernorm_backward", dx, x);
+    CHECK_ON("layernorm_backward", dx, g);
+    if (!same_rows(dy, x))
+        return shape_fail(err, "layernorm_backward", "gradient and saved input differ", dy, x);
+    if (!same_rows(dx, x))
+        return shape_fail(err, "layernorm_backward", "input gradient and input differ", dx, x);
+    if (g->n != last_dim(x))
+        return shape_fail(err, "layernorm_backward", "scale length differs from width", g, x);
+    return call_rc(err, "layernorm_backward", dx,
+                   dx->be->layernorm_backward(dx, dy, x, g, eps));
+}
+
+int op_group_norm_backward(tensor *dx, const tensor *dy, const tensor *x,
+                           const tensor *g, int groups, float eps, coin_error *err)
+{
+    CHECK_ON("group_norm_backward", dx, dy);
+    CHECK_ON("group_norm_backward", dx, x);
+    CHECK_ON("group_norm_backward", dx, g);
+    if (x->ndim < 2 || dy->n != x->n || dx->n != x->n)
+        return shape_fail(err, "group_norm_backward", "gradient and saved input differ", dy, x);
+    if (groups < 1 || x->shape[1] % groups)
+        return coin_fail(err, COIN_ESHAPE, "group_norm_backward: %lld channels in %d groups",
+                         (long long)x->shape[1], groups);
+    if (g->n != x->shape[1])
+        return shape_fail(err, "group_norm_backward", "scale length differs from channels",
+                          g, x);
+    return call_rc(err, "group_norm_backward", dx,
+                   dx->be->group_norm_backward(dx, dy, x, g, groups, eps));
+}
+
+/* The element-wise activations' backward ops share their checks. */
+static int check_pointwise(const char *op, const tensor *dx, const tensor *dy,
+                           const tensor *x, coin_error *err)
+{
+    if (!dx->mem || !dy->mem || !x->mem || dy->be != dx->be || x->be != dx->be)
+        return coin_fail(err, COIN_EINVAL, "%s: a tensor is unallocated or on another backend",
+                         op);
+    if (dy->n != x->n)
+        return shape_fail(err, op, "gradient and saved input differ in size", dy, x);
+    if (dx->n != x->n)
+        return shape_fail(err, op, "input gradient and input differ in size", dx, x);
+    return 0;
+}
+
+int op_gelu_backward(tensor *dx, const tensor *dy, const tensor *x, coin_error *err)
+{
+    int rc = check_pointwise("gelu_backward", dx, dy, x, err);
+    return rc ? rc : call_rc(err, "gelu_backward", dx, dx->be->gelu_backward(dx, dy, x));
+}
+
+int op_quick_gelu_backward(tensor *dx, const tensor *dy, const tensor *x, coin_error *err)
+{
+    int rc = check_pointwise("quick_gelu_backward", dx, dy, x, err);
+    return rc ? rc : call_rc(err, "quick_gelu_backward", dx,
+                             dx->be->quick_gelu_backward(dx, dy, x));
+}
+
+int op_silu_backward(tensor *dx, const tensor *dy, const tensor *x, coin_error *err)
+{
+    int rc = check_pointwise("silu_backward", dx, dy, x, err);
+    return rc ? rc : call_rc(err, "silu_backward", dx, dx->be->silu_backward(dx, dy, x));
+}
+
+int op_geglu_backward(tensor *dx, const tensor *dy, const tensor *x, coin_error *err)
+{
+    CHECK_ON("geglu_backward", dx, dy);
+    CHECK_ON("geglu_backward", dx, x);
+    int64_t in = last_dim(x), out = last_dim(dy);
+    if (in != 2 * out || dy->n / out != x->n / in)
+        return shape_fail(err, "geglu_backward",
+                          "saved input must be twice as wide as the gradient", x, dy);
+    if (!same_rows(dx, x))
+        return shape_fail(err, "geglu_backward", "input gradient and input differ", dx, x);
+    CHECK_APART("geglu_backward", dx, dy);
+    return call_rc(err, "geglu_backward", dx, dx->be->geglu_backward(dx, dy, x));
+}
+
+int op_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tensor *dout,
+                          const tensor *q, const tensor *k, const tensor *v,
+                          int heads, int causal, coin_error *err)
+{
+    const char *op = "attention_backward";
+    const tensor *all[] = {dk, dv, dout, q, k, v};
+    for (int i = 0; i < 6; i++)
+        CHECK_ON("attention_backward", dq, all[i]);
+    if (q->ndim != 3 || k->ndim != 3 || v->ndim != 3 || dout->ndim != 3)
+        return shape_fail(err, op, "dout, q, k and v must be [B, T, C]", q, k);
+    if (k->shape[0] != q->shape[0] || k->shape[2] != q->shape[2])
+        return shape_fail(err, op, "q and k differ in batch or width", q, k);
+    if (v->shape[0] != k->shape[0] || v->shape[1] != k->shape[1])
+        return shape_fail(err, op, "k and v differ in batch or length", k, v);
+    if (dout->shape[0] != q->shape[0] || dout->shape[1] != q->shape[1] ||
+        dout->shape[2] != v->shape[2])
+        return shape_fail(err, op, "output gradient must be [B, T, width of v]", dout, q);
+    if (!same_shape(dq, q))
+        return shape_fail(err, op, "dq must have q's shape", dq, q);
+    if (!same_shape(dk, k))
+        return shape_fail(err, op, "dk must have k's shape", dk, k);
+    if (!same_shape(dv, v))
+        return shape_fail(err, op, "dv must have v's shape", dv, v);
+    if (heads < 1 || q->shape[2] % heads || v->shape[2] % heads)
+        return coin_fail(err, COIN_ESHAPE, "%s: width %lld is not divisible by %d heads", op,
+                         (long long)q->shape[2], heads);
+    if (causal && q->shape[1] != k->shape[1])
+        return shape_fail(err, op, "causal attention needs as many keys as queries", q, k);
+    /* dk and dv accumulate over blocks of queries while q, k, v and dout are
+     * still being read, so no output may share an input's memory. */
+    const tensor *out[] = {dq, dk, dv}, *in[] = {dout, q, k, v};
+    for (int o = 0; o < 3; o++) {
+        for (int i = 0; i < 4; i++)
+            if (overlaps(out[o], in[i]))
+                return coin_fail(err, COIN_EINVAL, "%s: output %s shares memory with input "
+                                 "%s; give it a tensor of its own", op,
+                                 (const char *[]){"dq", "dk", "dv"}[o],
+                                 (const char *[]){"dout", "q", "k", "v"}[i]);
+        for (int p = o + 1; p < 3; p++)
+            if (overlaps(out[o], out[p]))
+                return coin_fail(err, COIN_EINVAL, "%s: outputs dq, dk and dv must not "
+                                 "share memory", op);
+    }
+    return call_rc(err, op, dq, dq->be->attention_backward(dq, dk, dv, dout, q, k, v,
+                                                           heads, causal));
+}
+
+int op_conv2d_backward_input(tensor *dx, const tensor *dy, const tensor *w,
+                             int stride, const int pad[4], coin_error *err)
+{
+    const char *op = "conv2d_backward_input";
+    CHECK_ON("conv2d_backward_input", dx, dy);
+    CHECK_ON("conv2d_backward_input", dx, w);
+    if (dx->ndim != 4 || w->ndim != 4 || dy->ndim != 4)
+        return shape_fail(err, op, "dx, w and dy must have 4 dimensions", dx, w);
+    if (w->shape[1] != dx->shape[1])
+        return shape_fail(err, op, "input gradient's channels differ from the kernel's", dx, w);
+    if (stride < 1 || pad[0] < 0 || pad[1] < 0 || pad[2] < 0 || pad[3] < 0)
+        return coin_fail(err, COIN_EINVAL, "%s: stride %d or padding invalid", op, stride);
+    /* The forward's output size from dx's (the forward input's) size. */
+    int64_t ho = (dx->shape[2] + pad[0] + pad[1] - w->shape[2]) / stride + 1;
+    int64_t wo = (dx->shape[3] + pad[2] + pad[3] - w->shape[3]) / stride + 1;
+    if (dy->shape[0] != dx->shape[0] || dy->shape[1] != w->shape[0] || dy->shape[2] != ho ||
+        dy->shape[3] != wo || ho < 1 || wo < 1)
+        return shape_fail(err, op, "gradient is not the forward output's shape for this "
+                          "input gradient", dy, dx);
+    CHECK_APART("conv2d_backward_input", dx, dy);
+    CHECK_APART("conv2d_backward_input", dx, w);
+    return call_rc(err, op, dx, dx->be->conv2d_backward_input(dx, dy, w, stride, pad));
+}
+
+int op_upsample2x_backward(tensor *dx, const tensor *dy, coin_error *err)
+{
+    CHECK_ON("upsample2x_backward", dx, dy);
+    if (dx->ndim != 4 || dy->ndim != 4 || dy->shape[0] != dx->shape[0] ||
+        dy->shape[1] != dx->shape[1] || dy->shape[2] != 2 * dx->shape[2] ||
+        dy->shape[3] != 2 * dx->shape[3])
+        return shape_fail(err, "upsample2x_backward", "gradient must be [B, C, 2H, 2W]", dy, dx);
+    CHECK_APART("upsample2x_backward", dx, dy);
+    return call_rc(err, "upsample2x_backward", dx, dx->be->upsample2x_backward(dx, dy));
+}
+
+int op_split(tensor *a, tensor *b, const tensor *y, coin_error *err)
+{
+    CHECK_ON("split", y, a);
+    CHECK_ON("split", y, b);
+    if (a->ndim < 2 || b->ndim != a->ndim || y->ndim != a->ndim ||
+        a->shape[0] != b->shape[0] || y->shape[0] != a->shape[0] ||
+        spatial(a) != spatial(b) || spatial(y) != spatial(a) ||
+        y->shape[1] != a->shape[1] + b->shape[1])
+        return shape_fail(err, "split", "shapes do not join on dimension 1", a, b);
+    CHECK_APART("split", a, y);
+    CHECK_APART("split", b, y);
+    CHECK_APART("split", a, b);
+    return call_rc(err, "split", y, y->be->split(a, b, y));
+}
+
+int op_embed_backward(tensor *drows, const tensor *dy, const int32_t *ids,
+                      int first_id, coin_error *err)
+{
+    CHECK_ON("embed_backward", drows, dy);
+    if (drows->ndim != 2 || dy->ndim != 3)
+        return shape_fail(err, "embed_backward", "expects drows [R, D] and dy [B, T, D]",
+                          drows, dy);
+    if (drows->shape[1] != dy->shape[2])
+        return shape_fail(err, "embed_backward", "embedding widths differ", drows, dy);
+    if (!ids || first_id < 0)
+        return coin_fail(err, COIN_EINVAL, "embed_backward: no token ids, or first id %d",
+                         first_id);
+    CHECK_APART("embed_backward", drows, dy);
+    return call_rc(err, "embed_backward", drows,
+                   drows->be->embed_backward(drows, dy, ids, first_id));
+}
+
+int op_axpy(tensor *y, const tensor *x, float a, coin_error *err)
+{
+    CHECK_ON("axpy", y, x);
+    if (y->n != x->n)
+        return shape_fail(err, "axpy", "element counts differ", y, x);
+    return call_rc(err, "axpy", y, y->be->axpy(y, x, a));
+}

@@ -60,6 +60,34 @@ typedef struct tensor {
  *   transpose  y[B,N,M] = x[B,M,N] swapped in each batch
  *   geglu      y[M,I] = x[M,:I] * gelu(x[M,I:]) with x[M,2I]
  *   scale      y[n] = x[n] * s                             (y may alias x)
+ *
+ * Backward ops, for gradients of activations only (textual inversion never
+ * needs a weight's gradient).  As in llm.c, arguments run: gradients out,
+ * the gradient in (dy), the saved forward inputs, weights, sizes.  Each
+ * recomputes what it needs (LayerNorm statistics, softmax rows) from the
+ * saved inputs, so the forward pass stores nothing extra.  Unless noted,
+ * an output must not share memory with an input (the wrappers refuse it).
+ *   linear_backward     dx[M,K] = dy[M,N] w[N,K]
+ *   layernorm_backward  dx[M,D] from dy[M,D], x[M,D], g[D], eps (the forward's
+ *                       b is not needed)                  (dx may alias dy or x)
+ *   group_norm_backward dx[B,C,...] from dy, x[B,C,...], g[C], groups, eps
+ *                                                         (dx may alias dy or x)
+ *   gelu_backward, quick_gelu_backward, silu_backward
+ *                       dx[n] = dy[n] * f'(x[n])          (dx may alias dy or x)
+ *   geglu_backward      dx[M,2I] from dy[M,I], x[M,2I]    (dx may alias x)
+ *   attention_backward  dq[B,T,C], dk[B,S,C], dv[B,S,Cv] from dout[B,T,Cv] and
+ *                       q, k, v, heads, causal as in attention
+ *   conv2d_backward_input dx[B,Ci,H,W] from dy[B,Co,Ho,Wo], w[Co,Ci,KH,KW],
+ *                       stride, pad as in conv2d (dx's H, W are the forward
+ *                       input's: with stride 2 they do not follow from Ho, Wo)
+ *   upsample2x_backward dx[B,C,H,W] = the sum of each 2x2 block of dy[B,C,2H,2W]
+ *   split               a[B,Ca,...], b[B,Cb,...] = y[B,Ca+Cb,...] cut on dim 1
+ *                       (the backward of concat)
+ *   embed_backward      drows[R,D] += the sum of dy[b,t,:] over the positions
+ *                       whose ids[b*T+t] (host memory) lies in [first_id,
+ *                       first_id + R): the trigger rows' gradient, never the
+ *                       whole vocabulary's; note it accumulates
+ *   axpy                y[n] += a * x[n], for summing gradients  (x may alias y)
  */
 #define COIN_BACKEND_OPS(X)                                                     \
     X(linear, (tensor *y, const tensor *x, const tensor *w, const tensor *b))  \
@@ -82,7 +110,26 @@ typedef struct tensor {
     X(add_channel, (tensor *y, const tensor *x, const tensor *v))               \
     X(transpose, (tensor *y, const tensor *x))                                  \
     X(geglu, (tensor *y, const tensor *x))                                      \
-    X(scale, (tensor *y, const tensor *x, float s))
+    X(scale, (tensor *y, const tensor *x, float s))                             \
+    X(linear_backward, (tensor *dx, const tensor *dy, const tensor *w))         \
+    X(layernorm_backward, (tensor *dx, const tensor *dy, const tensor *x,      \
+                           const tensor *g, float eps))                         \
+    X(group_norm_backward, (tensor *dx, const tensor *dy, const tensor *x,     \
+                            const tensor *g, int groups, float eps))            \
+    X(gelu_backward, (tensor *dx, const tensor *dy, const tensor *x))           \
+    X(quick_gelu_backward, (tensor *dx, const tensor *dy, const tensor *x))     \
+    X(silu_backward, (tensor *dx, const tensor *dy, const tensor *x))           \
+    X(geglu_backward, (tensor *dx, const tensor *dy, const tensor *x))          \
+    X(attention_backward, (tensor *dq, tensor *dk, tensor *dv,                  \
+                           const tensor *dout, const tensor *q, const tensor *k,\
+                           const tensor *v, int heads, int causal))             \
+    X(conv2d_backward_input, (tensor *dx, const tensor *dy, const tensor *w,    \
+                              int stride, const int pad[4]))                    \
+    X(upsample2x_backward, (tensor *dx, const tensor *dy))                      \
+    X(split, (tensor *a, tensor *b, const tensor *y))                           \
+    X(embed_backward, (tensor *drows, const tensor *dy, const int32_t *ids,     \
+                       int first_id))                                           \
+    X(axpy, (tensor *y, const tensor *x, float a))
 
 struct coin_backend {
     const char *name;
@@ -154,6 +201,28 @@ int op_add_channel(tensor *y, const tensor *x, const tensor *v, coin_error *err)
 int op_transpose(tensor *y, const tensor *x, coin_error *err);
 int op_geglu(tensor *y, const tensor *x, coin_error *err);
 int op_scale(tensor *y, const tensor *x, float s, coin_error *err);
+
+/* The backward ops' checked wrappers (see COIN_BACKEND_OPS for shapes). */
+int op_linear_backward(tensor *dx, const tensor *dy, const tensor *w, coin_error *err);
+int op_layernorm_backward(tensor *dx, const tensor *dy, const tensor *x,
+                          const tensor *g, float eps, coin_error *err);
+int op_group_norm_backward(tensor *dx, const tensor *dy, const tensor *x,
+                           const tensor *g, int groups, float eps, coin_error *err);
+int op_gelu_backward(tensor *dx, const tensor *dy, const tensor *x, coin_error *err);
+int op_quick_gelu_backward(tensor *dx, const tensor *dy, const tensor *x,
+                           coin_error *err);
+int op_silu_backward(tensor *dx, const tensor *dy, const tensor *x, coin_error *err);
+int op_geglu_backward(tensor *dx, const tensor *dy, const tensor *x, coin_error *err);
+int op_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tensor *dout,
+                          const tensor *q, const tensor *k, const tensor *v,
+                          int heads, int causal, coin_error *err);
+int op_conv2d_backward_input(tensor *dx, const tensor *dy, const tensor *w,
+                             int stride, const int pad[4], coin_error *err);
+int op_upsample2x_backward(tensor *dx, const tensor *dy, coin_error *err);
+int op_split(tensor *a, tensor *b, const tensor *y, coin_error *err);
+int op_embed_backward(tensor *drows, const tensor *dy, const int32_t *ids,
+                      int first_id, coin_error *err);
+int op_axpy(tensor *y, const tensor *x, float a, coin_error *err);
 
 /* Gives t a new shape with the same element count (no data moves). */
 int tensor_reshape(tensor *t, int ndim, const int64_t *shape, coin_error *err);

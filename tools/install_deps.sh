@@ -3,7 +3,7 @@
 # Runs apt-get as root, or through sudo.
 set -eu
 pkgs="build-essential clang libclang-rt-14-dev pkg-config python3 python3-pip
-      libopenblas-dev libcjson-dev libutf8proc-dev zlib1g-dev libpng-dev
+      libopenblas-dev libopenblas-openmp-dev libcjson-dev libutf8proc-dev zlib1g-dev libpng-dev
       libncurses-dev libsixel-dev libsqlite3-dev libstb-dev"
 missing=""
 for p in $pkgs; do

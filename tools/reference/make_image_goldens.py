@@ -15,6 +15,12 @@ Writes tests/golden/image/ (deterministic: fixed seeds, no timestamps):
      u8 INPUT.f32 EXPECTED.u8              diffusers VaeImageProcessor
                                            postprocess + numpy_to_pil
   *.png *.jpg *.bmp *.gif  inputs; *.rgb raw RGB bytes; *.f32 little-endian.
+  infotext.json  A1111 generation-parameter texts, read by tests/test_infotext.c:
+                 "parse" cases (text -> prompt, negative prompt, parameters)
+                 and "format" cases (parameters -> text), computed with the
+                 functions of A1111's modules/infotext_utils.py and
+                 processing.py create_infotext transcribed below (A1111 itself
+                 needs gradio and a model to import).
 
 PNG inputs of every colour type / depth are assembled chunk by chunk here
 (PIL cannot write most of them), so each decodes to what PIL says it does.
@@ -23,7 +29,9 @@ between stb_image (which coin uses) and PIL's libjpeg-turbo, as measured
 when the goldens were made, so any change shows.
 """
 import io
+import json
 import os
+import re
 import struct
 import sys
 import warnings
@@ -283,6 +291,187 @@ def u8_case():
     lines.append(f"u8 u8_input.f32 u8_expected.u8 {n}")
 
 
+# ---------------------------------------------------------------- infotext
+
+# AUTOMATIC1111 modules/infotext_utils.py (v1.10), verbatim where it matters.
+re_param_code = r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)'
+re_param = re.compile(re_param_code)
+re_imagesize = re.compile(r"^(\d+)x(\d+)$")
+
+
+def quote(text):
+    if ',' not in str(text) and '\n' not in str(text) and ':' not in str(text):
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def unquote(text):
+    if len(text) == 0 or text[0] != '"' or text[-1] != '"':
+        return text
+    try:
+        return json.loads(text)
+    except Exception:
+        return text
+
+
+def parse_generation_parameters(x: str):
+    """The first half of A1111's function: prompt, negative prompt and the
+    findall pairs (the defaults it adds afterwards are not in the text)."""
+    res = {}
+    prompt = ""
+    negative_prompt = ""
+    done_with_prompt = False
+    *lines, lastline = x.strip().split("\n")
+    if len(re_param.findall(lastline)) < 3:
+        lines.append(lastline)
+        lastline = ''
+    for line in lines:
+        line = line.strip()
+        if line.startswith("Negative prompt:"):
+            done_with_prompt = True
+            line = line[16:].strip()
+        if done_with_prompt:
+            negative_prompt += ("" if negative_prompt == "" else "\n") + line
+        else:
+            prompt += ("" if prompt == "" else "\n") + line
+    for k, v in re_param.findall(lastline):
+        try:
+            if v[0] == '"' and v[-1] == '"':
+                v = unquote(v)
+            m = re_imagesize.match(v)
+            if m is not None:
+                res[f"{k}-1"] = m.group(1)
+                res[f"{k}-2"] = m.group(2)
+            else:
+                res[k] = v
+        except Exception:
+            pass
+    return prompt, negative_prompt, res
+
+
+SCHEDULERS = [("automatic", "Automatic", []), ("uniform", "Uniform", []),
+              ("karras", "Karras", []), ("exponential", "Exponential", []),
+              ("polyexponential", "Polyexponential", []),
+              ("sgm_uniform", "SGM Uniform", ["SGMUniform"]), ("kl_optimal", "KL Optimal", []),
+              ("align_your_steps", "Align Your Steps", []), ("simple", "Simple", []),
+              ("normal", "Normal", []), ("ddim", "DDIM", []), ("beta", "Beta", [])]
+
+
+def split_sampler(name):
+    """sd_samplers.get_sampler_and_scheduler's suffix loop (sd_schedulers
+    list of v1.10): the schedule label found, or None."""
+    found = None
+    for sname, label, aliases in SCHEDULERS:
+        for name_option in [label, sname, *aliases]:
+            if name.endswith(" " + name_option):
+                found = label
+                name = name[0:-(len(name_option) + 1)]
+                break
+    return name, found
+
+
+def create_infotext(prompt_text, negative_prompt, generation_params):
+    """processing.py create_infotext's last three statements."""
+    generation_params_text = ", ".join([k if k == v else f'{k}: {quote(v)}'
+                                        for k, v in generation_params.items() if v is not None])
+    negative_prompt_text = f"\nNegative prompt: {negative_prompt}" if negative_prompt else ""
+    return f"{prompt_text}{negative_prompt_text}\n{generation_params_text}".strip()
+
+
+PARSE_TEXTS = [
+    # REFERENCE.md 9.2, as posted in A1111 #7773
+    "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1919484475, Size: 768x768, "
+    "Model hash: ad2a33c361, Model: v2-1_768-ema-pruned, ENSD: 3",
+    # parse_generation_parameters' docstring
+    "girl with an artist's beret, determined, blue eyes, desert scene, computer monitors, "
+    "heavy makeup, by Alphonse Mucha and Charlie Bowater, ((eyeshadow)), (coquettish), detailed, "
+    "intricate\nNegative prompt: ugly, fat, obese, chubby, (((deformed))), [blurry], bad anatomy, "
+    "disfigured, poorly drawn face, mutation, mutated, (extra_limb), (ugly), (poorly drawn hands), "
+    "messy drawing\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 965400086, Size: 512x512, "
+    "Model hash: 45dee52b",
+    # v1.10-style, multi-line prompt and negative with colons, TI hashes
+    "a photo of <cat-toy>: detailed, 4k\nsecond line: yes\nNegative prompt: blurry, lowres\n"
+    "more negative: (bad:1.2)\nSteps: 30, Sampler: DPM++ 2M, Schedule type: Karras, "
+    "CFG scale: 7.5, Seed: 123, Size: 512x768, Model hash: 6ce0161689, "
+    "Model: v1-5-pruned-emaonly, TI hashes: \"cat-toy: 0123456789ab, other: ba9876543210\", "
+    "Version: v1.10.1",
+    # quoted values with escapes, keys with '-' and '/'
+    'x\nSteps: 25, Lora hashes: "add_detail: 7c6bad76eb54, more: 0123", '
+    'Note: "say \\"hi\\", back\\\\slash\\nnew line", Hires upscale: 2, '
+    'Hires upscaler: R-ESRGAN 4x+, Denoising strength: 0.7, Width/Height: 8x8, '
+    'Discard penultimate sigma: True',
+    # a last line with fewer than three pairs is prompt
+    "a cat\nSteps: 20, Seed: 5",
+    # old sampler names carry the schedule
+    "p\nSteps: 20, Sampler: DPM++ 2M SDE Karras, CFG scale: 6, Seed: 1, Size: 64x64",
+    "p\nSteps: 20, Sampler: DPM++ 2M sde_uniform, CFG scale: 6, Seed: 1, Size: 64x64, "
+    "Other: SGMUniform",
+    "p\nSteps: 20, Sampler: Euler SGMUniform, CFG scale: 6, Seed: 1, Size: 64x64",
+    # empty values are dropped; repeated keys keep their first place
+    "p\nVAE: , Steps: 20, Seed: 1, Clip skip: 2, Seed: 2, Size: 1x2, Clip skip: 3",
+    # CRLF, surrounding whitespace, unicode
+    "  a\r\nNegative prompt: b\r\nSteps: 1, Seed: 2, Size: 8x8\r\n  ",
+    "猫, 東京\nNegative prompt: ñ\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 42, "
+    "Size: 512x512, Model: モデル, 名前: 値",
+    # a quote that does not close, and one followed by more text
+    'p\nModel: "abc, Steps: 20, Seed: 1, Size: 1x1',
+    'p\nFoo: "a" b, Steps: 1, Seed: 1, Size: 2x2, Bar: "", Baz: "\\x"',
+    # JSON escapes: a surrogate pair, \u00e9, \/, control characters
+    'p\nNote: "\\ud83d\\ude00 smile, ok", Acc: "caf\\u00e9\\/\\t", Steps: 3, Seed: 4',
+    # Unicode spaces around keys and values (U+00A0, U+3000)
+    "p\n\u00a0Steps:\u3000 20, Seed: 1,\u00a0Size: 5x6, CFG scale: 0.25",
+    "just a prompt, with: a colon",
+    "",
+    "p\nSteps: many, Seed: 1.5, Size: 512x, CFG scale: abc, Sampler: Euler",
+    "first\nNegative prompt: one\nNegative prompt: two\nSteps: 1, Seed: 1, Size: 1x1",
+    "p\nSteps: 20, Seed: -1, Size: 0x0, RNG: NV, Tiling: True, Version: coin 0.1",
+    "multi\n\nblank lines\nNegative prompt:\nnext\nSteps: 1, Seed: 1, Size: 1x1",
+]
+
+# Parameters in create_infotext's order, as coin's struct would hold them.
+FORMAT_CASES = [
+    ("a cat", "dog", {"Steps": "20", "Sampler": "Euler a", "Schedule type": "Karras",
+                      "CFG scale": "7", "Seed": "1", "Size": "512x512",
+                      "Model hash": "0123456789", "Model": "sd-v1-5", "RNG": "CPU",
+                      "TI hashes": "tok: 0123456789ab", "Version": "coin 0.1"}),
+    ("a cat, sitting: on a mat\nsecond line", "",
+     {"Steps": "30", "Sampler": "DPM++ 2M", "CFG scale": "7.5", "Seed": "4294967295",
+      "Size": "768x512", "Model": "my, model: v2", "Clip skip": "2",
+      "TI hashes": "a: 000000000000, b: 111111111111", "Lora hashes": "x: 1, y: 2",
+      "Version": "coin 0.1"}),
+    (" spaced prompt", "neg\nwith \"quotes\" and \\ and\ttab",
+     {"Steps": "1", "Sampler": "DDIM", "CFG scale": "1", "Seed": "-5", "Size": "64x64",
+      "Tiling": "True", "Note": "quote \" in it", "Ctrl": "bell\u0007, ok"}),
+    ("", "", {"Steps": "4", "Sampler": "PLMS", "CFG scale": "12.25", "Seed": "0",
+              "Size": "8x16", "Model": "名前: モデル"}),
+    ("only a prompt", "", {}),
+]
+
+
+def infotext_cases():
+    parse = []
+    for text in PARSE_TEXTS:
+        prompt, neg, res = parse_generation_parameters(text)
+        sched = None
+        if "Sampler" in res and "Schedule type" not in res:
+            res["Sampler"], sched = split_sampler(res["Sampler"])
+        if sched:
+            res["Schedule type"] = sched
+        parse.append({"text": text, "prompt": prompt, "negative": neg,
+                      "params": [[k, v] for k, v in res.items()]})
+    fmt = []
+    for prompt, neg, params in FORMAT_CASES:
+        text = create_infotext(prompt, neg, params)
+        # and A1111 reads back what it wrote
+        p2, n2, res = parse_generation_parameters(text)
+        assert p2 == prompt.strip() and n2 == neg.strip(), (p2, n2)
+        fmt.append({"prompt": prompt, "negative": neg,
+                    "params": [[k, v] for k, v in params.items()], "text": text})
+    with open(path("infotext.json"), "w", encoding="utf-8") as f:
+        json.dump({"parse": parse, "format": fmt}, f, ensure_ascii=False, indent=1)
+        f.write("\n")
+
+
 def main():
     global JPEG_MAXDIFF
     os.makedirs(OUT, exist_ok=True)
@@ -294,6 +483,7 @@ def main():
     png_kinds()
     other_formats()
     u8_case()
+    infotext_cases()
     with open(path("manifest.txt"), "w") as f:
         f.write("# made by tools/reference/make_image_goldens.py; see its docstring\n")
         f.write("\n".join(lines) + "\n")
