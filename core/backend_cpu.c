@@ -487,7 +487,7 @@ static int cpu_group_norm_backward(tensor *dx, const tensor *dy, const tensor *x
                                    const tensor *g, int groups, float eps)
 {
     int64_t B = x->shape[0], C = x->shape[1], S = x->n / (B * C), cg = C / groups;
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) if (x->n > 65536)
     for (int64_t n = 0; n < B; n++)
         for (int64_t grp = 0; grp < groups; grp++) {
             int64_t off = (n * C + grp * cg) * S;
@@ -605,7 +605,7 @@ static int cpu_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tens
                             (int)hd, scale, qb, (int)C, kb, (int)C, 0.0f, p, (int)keys);
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)keys,
                             (int)hdv, 1.0f, dob, (int)Cv, vb, (int)Cv, 0.0f, dp, (int)keys);
-#pragma omp parallel for
+#pragma omp parallel for if (n * keys > 65536)
                 for (int64_t r = 0; r < n; r++) {
                     float *pr = p + r * keys, *dpr = dp + r * keys;
                     int64_t seen = causal ? i0 + r + 1 : keys;
@@ -684,7 +684,7 @@ static int cpu_conv2d_backward_input(tensor *dx, const tensor *dy, const tensor 
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)K, (int)width, (int)Co,
                         1.0f, CF(w), (int)K, dyn + r0 * Wo, (int)(Ho * Wo), 0.0f, cols,
                         (int)width);
-#pragma omp parallel for
+#pragma omp parallel for if (K * width > 65536)
             for (int64_t c = 0; c < Ci; c++)
                 for (int64_t ky = 0; ky < KH; ky++)
                     for (int64_t kx = 0; kx < KW; kx++) {
@@ -710,7 +710,7 @@ static int cpu_conv2d_backward_input(tensor *dx, const tensor *dy, const tensor 
 static int cpu_upsample2x_backward(tensor *dx, const tensor *dy)
 {
     int64_t BC = dx->shape[0] * dx->shape[1], H = dx->shape[2], W = dx->shape[3];
-#pragma omp parallel for
+#pragma omp parallel for if (dy->n > 65536)
     for (int64_t p = 0; p < BC; p++) {
         const float *in = CF(dy) + p * 4 * H * W;
         float *out = F(dx) + p * H * W;

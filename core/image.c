@@ -59,7 +59,9 @@
 #pragma GCC diagnostic ignored "-Wunused-but-set-variable"
 #pragma GCC diagnostic ignored "-Wtype-limits"
 #pragma GCC diagnostic ignored "-Wshift-negative-value"
+#ifndef __clang__
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <stb/stb_image.h>
 #pragma GCC diagnostic pop
 
@@ -413,10 +415,31 @@ static int png_decode(const uint8_t *data, size_t len, const char *name,
  * "image file is truncated".  These walks check that the data the decoder
  * needs is all there first. */
 
+/* Huffman table segments as stb_image 2.27 needs them: it trusts the 16
+ * code-length counts and writes one byte per code into a 257-byte array, so
+ * a table claiming more than 256 codes would overrun its heap block. */
+static int jpeg_dht_ok(const uint8_t *d, size_t len)
+{
+    while (len > 0) {
+        if (len < 17)
+            return 0;
+        size_t n = 0;
+        for (int i = 1; i <= 16; i++)
+            n += d[i];
+        if ((d[0] >> 4) > 1 || (d[0] & 15) > 3 || n > 256 || len - 17 < n)
+            return 0;
+        d += 17 + n;
+        len -= 17 + n;
+    }
+    return 1;
+}
+
 /* The marker structure up to EOI: segments skipped by their lengths (so an
  * EXIF thumbnail's EOI does not count), entropy-coded data scanned for the
- * next marker (FF 00 is a stuffed byte, FF D0-D7 a restart). */
-static int jpeg_complete(const uint8_t *d, size_t n)
+ * next marker (FF 00 is a stuffed byte, FF D0-D7 a restart).  Returns 0
+ * when the file is whole, 1 when it is truncated, 2 when a Huffman table is
+ * malformed. */
+static int jpeg_check(const uint8_t *d, size_t n)
 {
     size_t i = 2;
     for (;;) {
@@ -425,22 +448,24 @@ static int jpeg_complete(const uint8_t *d, size_t n)
         while (i < n && d[i] == 0xFF)
             i++;
         if (i >= n)
-            return 0;
+            return 1;
         uint8_t m = d[i++];
         if (m == 0xD9)
-            return 1;
+            return 0;
         if (m == 0x01 || (m >= 0xD0 && m <= 0xD7))
             continue;
         if (n - i < 2)
-            return 0;
+            return 1;
         size_t len = (size_t)d[i] << 8 | d[i + 1];
         if (len < 2 || n - i < len)
-            return 0;
+            return 1;
+        if (m == 0xC4 && !jpeg_dht_ok(d + i + 2, len - 2))
+            return 2;
         i += len;
         if (m == 0xDA)
             for (;; i++) {
                 if (n - i < 2)
-                    return 0;
+                    return 1;
                 uint8_t c = d[i + 1];
                 if (d[i] == 0xFF && c != 0x00 && c != 0xFF && !(c >= 0xD0 && c <= 0xD7))
                     break;
@@ -531,6 +556,17 @@ static int stb_decode(const uint8_t *data, size_t len, const char *name, const c
     int w = 0, h = 0, comp = 0;
     if (len > INT_MAX)
         return coin_fail(err, COIN_EUNSUPPORTED, "%s: the file is too large", name);
+    /* Checked before stb sees any byte: even stbi_info parses the JPEG
+     * tables up to the frame header. */
+    int jpeg = !strcmp(kind, "JPEG") ? jpeg_check(data, len) : 0;
+    if (jpeg == 2)
+        return coin_fail(err, COIN_EFORMAT, "%s: corrupt JPEG (a malformed Huffman table)",
+                         name);
+    int whole = !strcmp(kind, "JPEG") ? jpeg == 0 :
+                !strcmp(kind, "GIF") ? gif_complete(data, len) : bmp_complete(data, len);
+    if (!whole)
+        return coin_fail(err, COIN_EFORMAT, "%s: the %s is truncated (the file ends before "
+                         "the image data does)", name, kind);
     if (!stbi_info_from_memory(data, (int)len, &w, &h, &comp)) {
         const char *why = stbi_failure_reason();
         return coin_fail(err, COIN_EFORMAT, "%s: corrupt or unsupported %s (%s)", name, kind,
@@ -539,11 +575,6 @@ static int stb_decode(const uint8_t *data, size_t len, const char *name, const c
     int rc = check_size(w, h, name, err);
     if (rc)
         return rc;
-    int whole = !strcmp(kind, "JPEG") ? jpeg_complete(data, len) :
-                !strcmp(kind, "GIF") ? gif_complete(data, len) : bmp_complete(data, len);
-    if (!whole)
-        return coin_fail(err, COIN_EFORMAT, "%s: the %s is truncated (the file ends before "
-                         "the image data does)", name, kind);
     uint8_t *p = stbi_load_from_memory(data, (int)len, &w, &h, &comp, 3);
     if (!p) {
         const char *why = stbi_failure_reason();

@@ -25,7 +25,9 @@
 
 /* Hostile-file limits: a side longer than this, or more pixels than
  * IMAGE_MAX_PIXELS, is refused before any pixel memory is allocated. */
+#ifndef IMAGE_MAX_SIDE          /* a fuzzing build may lower it */
 #define IMAGE_MAX_SIDE 16384
+#endif
 #define IMAGE_MAX_PIXELS ((int64_t)256 << 20)
 /* Image files larger than this are refused unread (image_load). */
 #define IMAGE_MAX_FILE_BYTES ((size_t)1 << 30)

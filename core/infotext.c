@@ -58,6 +58,18 @@ static inline uint32_t ror32(uint32_t x, int n)
     return x >> n | x << (32 - n);
 }
 
+/* One round with the working variables renamed instead of shifted; eight
+ * of them in a row bring the names back to where they started. */
+#define SHA_ROUND(a, b, c, d, e, f, g, h, i)                                        \
+    do {                                                                           \
+        uint32_t t1_ = h + (ror32(e, 6) ^ ror32(e, 11) ^ ror32(e, 25)) +           \
+                       ((e & f) ^ (~e & g)) + K256[i] + w[i];                      \
+        uint32_t t2_ = (ror32(a, 2) ^ ror32(a, 13) ^ ror32(a, 22)) +               \
+                       ((a & b) ^ (a & c) ^ (b & c));                              \
+        d += t1_;                                                                  \
+        h = t1_ + t2_;                                                             \
+    } while (0)
+
 static void sha256_blocks_c(uint32_t st[8], const uint8_t *p, size_t nblocks)
 {
     for (; nblocks--; p += 64) {
@@ -72,13 +84,15 @@ static void sha256_blocks_c(uint32_t st[8], const uint8_t *p, size_t nblocks)
         }
         uint32_t a = st[0], b = st[1], c = st[2], d = st[3];
         uint32_t e = st[4], f = st[5], g = st[6], h = st[7];
-        for (int i = 0; i < 64; i++) {
-            uint32_t t1 = h + (ror32(e, 6) ^ ror32(e, 11) ^ ror32(e, 25)) +
-                          ((e & f) ^ (~e & g)) + K256[i] + w[i];
-            uint32_t t2 = (ror32(a, 2) ^ ror32(a, 13) ^ ror32(a, 22)) +
-                          ((a & b) ^ (a & c) ^ (b & c));
-            h = g, g = f, f = e, e = d + t1;
-            d = c, c = b, b = a, a = t1 + t2;
+        for (int i = 0; i < 64; i += 8) {
+            SHA_ROUND(a, b, c, d, e, f, g, h, i);
+            SHA_ROUND(h, a, b, c, d, e, f, g, i + 1);
+            SHA_ROUND(g, h, a, b, c, d, e, f, i + 2);
+            SHA_ROUND(f, g, h, a, b, c, d, e, i + 3);
+            SHA_ROUND(e, f, g, h, a, b, c, d, i + 4);
+            SHA_ROUND(d, e, f, g, h, a, b, c, i + 5);
+            SHA_ROUND(c, d, e, f, g, h, a, b, i + 6);
+            SHA_ROUND(b, c, d, e, f, g, h, a, i + 7);
         }
         st[0] += a, st[1] += b, st[2] += c, st[3] += d;
         st[4] += e, st[5] += f, st[6] += g, st[7] += h;

@@ -23,6 +23,8 @@
  * Outputs start as NaN, so an op that leaves part of its output unwritten
  * fails the comparison.
  */
+#include <cblas.h>
+#include <omp.h>
 #include <stdlib.h>
 
 #include "core/tensor.h"
@@ -31,7 +33,7 @@
 #define GRAD_TOL 1e-5
 #define FD_H 1e-2f
 #define FD_RTOL 1e-2
-#define FD_SAMPLES 24
+#define FD_SAMPLES 16
 
 static float frand(unsigned *s)
 {
@@ -145,23 +147,31 @@ static double fwd_loss(fwd *f)
 }
 
 /* grad (n values) against central differences of the loss in x, which is
- * one of f's host inputs; `only` limits the sampled coordinates to
- * [lo, lo + count) (count 0: all of x). */
+ * one of f's host inputs, at `samples` coordinates in [lo, lo + count)
+ * (count 0: all of x).
+ *
+ * The forward passes run on one thread: they are hundreds of small ops, on
+ * which thread start-up and barriers cost more than the work, many times
+ * more when the machine's cores are shared.  The backward ops under test
+ * run with the usual threads. */
 static void fd_check_range(const char *what, fwd *f, float *x, int64_t n, const float *grad,
-                           int64_t lo, int64_t count)
+                           int64_t lo, int64_t count, int samples)
 {
     if (!count)
         count = n;
+    int omp_threads = omp_get_max_threads(), blas_threads = openblas_get_num_threads();
+    omp_set_num_threads(1);
+    openblas_set_num_threads(1);
     double rms = 0, worst = 0;
     for (int64_t i = 0; i < n; i++)
         rms += (double)grad[i] * grad[i];
     rms = sqrt(rms / (double)n);
     int64_t worst_i = -1;
     double worst_fd = 0;
-    for (int s = 0; s < FD_SAMPLES && s < count; s++) {
+    for (int s = 0; s < samples && s < count; s++) {
         /* Every coordinate when few, else a spread of them. */
-        int64_t i = lo + (count <= FD_SAMPLES ? s
-                                              : (int64_t)((s * 2654435761u + 977u) % (uint64_t)count));
+        int64_t i = lo + (count <= samples ? s
+                                           : (int64_t)((s * 2654435761u + 977u) % (uint64_t)count));
         float keep = x[i], up = keep + FD_H, down = keep - FD_H;
         x[i] = up;
         double lu = fwd_loss(f);
@@ -176,6 +186,8 @@ static void fd_check_range(const char *what, fwd *f, float *x, int64_t n, const 
             worst_fd = fd;
         }
     }
+    omp_set_num_threads(omp_threads);
+    openblas_set_num_threads(blas_threads);
     CHECK_MSG(worst <= FD_RTOL,
               "%s: finite differences disagree by %.3g (tolerance %g) at %lld: %.6g vs %.6g",
               what, worst, FD_RTOL, (long long)worst_i, worst_fd,
@@ -184,7 +196,7 @@ static void fd_check_range(const char *what, fwd *f, float *x, int64_t n, const 
 
 static void fd_check(const char *what, fwd *f, float *x, int64_t n, const float *grad)
 {
-    fd_check_range(what, f, x, n, grad, 0, 0);
+    fd_check_range(what, f, x, n, grad, 0, 0, FD_SAMPLES);
 }
 
 /* ---- linear ---- */
@@ -410,34 +422,34 @@ static int run_geglu(fwd *f, coin_error *err) { return op_geglu(&f->y, &f->in[0]
 
 TEST(backward_geglu)
 {
-    enum { M = 3, I = 7 };
-    float *x = rnd(M * 2 * I, 71, 3), *r = rnd(M * I, 72, 1);
-    double want[M * 2 * I];
+    enum { M = 3, HALF = 7 };
+    float *x = rnd(M * 2 * HALF, 71, 3), *r = rnd(M * HALF, 72, 1);
+    double want[M * 2 * HALF];
     for (int m = 0; m < M; m++)
-        for (int j = 0; j < I; j++) {
-            double val = x[m * 2 * I + j], gate = x[m * 2 * I + I + j], dy = r[m * I + j];
-            want[m * 2 * I + j] = dy * gate * 0.5 * erfc(-gate / sqrt(2));
-            want[m * 2 * I + I + j] = dy * val * gelu_d(gate);
+        for (int j = 0; j < HALF; j++) {
+            double val = x[m * 2 * HALF + j], gate = x[m * 2 * HALF + HALF + j], dy = r[m * HALF + j];
+            want[m * 2 * HALF + j] = dy * gate * 0.5 * erfc(-gate / sqrt(2));
+            want[m * 2 * HALF + HALF + j] = dy * val * gelu_d(gate);
         }
-    tensor dy = make(2, (int64_t[]){M, I}, r), tx = make(2, (int64_t[]){M, 2 * I}, x);
-    tensor dx = make_out(2, (int64_t[]){M, 2 * I});
+    tensor dy = make(2, (int64_t[]){M, HALF}, r), tx = make(2, (int64_t[]){M, 2 * HALF}, x);
+    tensor dx = make_out(2, (int64_t[]){M, 2 * HALF});
     coin_error err = {0};
     REQUIRE_OK(op_geglu_backward(&dx, &dy, &tx, &err), &err);
     float *got = fetch(&dx);
-    CHECK_GRAD("geglu", got, want, M * 2 * I);
+    CHECK_GRAD("geglu", got, want, M * 2 * HALF);
     /* In place over x (its buffer is spent once the gradient is taken). */
-    tensor tx2 = make(2, (int64_t[]){M, 2 * I}, x);
+    tensor tx2 = make(2, (int64_t[]){M, 2 * HALF}, x);
     REQUIRE_OK(op_geglu_backward(&tx2, &dy, &tx2, &err), &err);
     float *inplace = fetch(&tx2);
-    CHECK_GRAD("geglu in place", inplace, want, M * 2 * I);
+    CHECK_GRAD("geglu in place", inplace, want, M * 2 * HALF);
 
     fwd f = {.run = run_geglu, .r = r};
-    fwd_input(&f, 2, (int64_t[]){M, 2 * I}, x);
-    f.y = make_out(2, (int64_t[]){M, I});
-    fd_check("geglu", &f, x, M * 2 * I, got);
+    fwd_input(&f, 2, (int64_t[]){M, 2 * HALF}, x);
+    f.y = make_out(2, (int64_t[]){M, HALF});
+    fd_check("geglu", &f, x, M * 2 * HALF, got);
     fwd_free(&f);
 
-    tensor bad = make_out(2, (int64_t[]){M, 2 * I + 1});
+    tensor bad = make_out(2, (int64_t[]){M, 2 * HALF + 1});
     CHECK_EQ_INT(op_geglu_backward(&dx, &dy, &bad, &err), COIN_ESHAPE);
     CHECK_STR_CONTAINS(err.msg, "twice as wide");
     CHECK_EQ_INT(op_geglu_backward(&bad, &dy, &tx, &err), COIN_ESHAPE);
@@ -504,7 +516,8 @@ static int run_attention(fwd *f, coin_error *err)
 
 /* Backward against the reference and against finite differences, for q, k
  * and v in turn. */
-static void check_attention(int B, int T, int S, int C, int H, int causal, unsigned seed)
+static void check_attention(int B, int T, int S, int C, int H, int causal, unsigned seed,
+                            int fd_samples)
 {
     int64_t nq = (int64_t)B * T * C, nk = (int64_t)B * S * C;
     float *q = rnd(nq, seed, 1), *k = rnd(nk, seed + 1, 1), *v = rnd(nk, seed + 2, 1);
@@ -538,11 +551,11 @@ static void check_attention(int B, int T, int S, int C, int H, int causal, unsig
     fwd_input(&f, 3, sk, v);
     f.y = make_out(3, sq);
     what[strlen(what) - 1] = 'q';
-    fd_check(what, &f, q, nq, gq);
+    fd_check_range(what, &f, q, nq, gq, 0, 0, fd_samples);
     what[strlen(what) - 1] = 'k';
-    fd_check(what, &f, k, nk, gk);
+    fd_check_range(what, &f, k, nk, gk, 0, 0, fd_samples);
     what[strlen(what) - 1] = 'v';
-    fd_check(what, &f, v, nk, gv);
+    fd_check_range(what, &f, v, nk, gv, 0, 0, fd_samples);
     fwd_free(&f);
     tensor_free(&tq), tensor_free(&tk), tensor_free(&tv), tensor_free(&dy);
     tensor_free(&dq), tensor_free(&dk), tensor_free(&dv);
@@ -552,9 +565,9 @@ static void check_attention(int B, int T, int S, int C, int H, int causal, unsig
 
 TEST(backward_attention)
 {
-    check_attention(2, 7, 9, 12, 3, 0, 81);   /* cross-attention-like, T != S */
-    check_attention(2, 7, 7, 12, 3, 1, 85);   /* causal, as in the text encoder */
-    check_attention(1, 77, 77, 8, 1, 1, 89);  /* the text encoder's length */
+    check_attention(2, 7, 9, 12, 3, 0, 81, FD_SAMPLES);  /* cross-attention-like, T != S */
+    check_attention(2, 7, 7, 12, 3, 1, 85, FD_SAMPLES);  /* causal, as in the text encoder */
+    check_attention(1, 77, 77, 8, 1, 1, 89, FD_SAMPLES); /* the text encoder's length */
 
     /* Shapes and overlaps. */
     enum { B = 1, T = 5, S = 6, C = 4 };
@@ -581,9 +594,10 @@ TEST(backward_attention_long_sequences_in_blocks)
 {
     /* Over 2^20 scores per head (ATTN_BLOCK_FLOATS) the query rows split into
      * blocks: 1100 x 1100 gives two, the second of which sees more keys when
-     * causal; 1800 x 600 gives two of unequal size. */
-    check_attention(1, 1100, 1100, 16, 2, 1, 91);
-    check_attention(1, 1800, 600, 8, 2, 0, 95);
+     * causal; 1800 x 600 gives two of unequal size.  Each forward pass
+     * costs milliseconds here, so fewer finite differences. */
+    check_attention(1, 1100, 1100, 16, 2, 1, 91, 4);
+    check_attention(1, 1800, 600, 8, 2, 0, 95, 4);
 }
 
 /* ---- conv2d ---- */
@@ -617,7 +631,7 @@ static int run_conv(fwd *f, coin_error *err)
 }
 
 static void check_conv_backward(int B, int Ci, int H, int W, int Co, int K, int stride,
-                                const int pad[4])
+                                const int pad[4], int fd_samples)
 {
     int Ho = (H + pad[0] + pad[1] - K) / stride + 1, Wo = (W + pad[2] + pad[3] - K) / stride + 1;
     int64_t nx = (int64_t)B * Ci * H * W, nw = (int64_t)Co * Ci * K * K;
@@ -640,9 +654,9 @@ static void check_conv_backward(int B, int Ci, int H, int W, int Co, int K, int 
     fwd_input(&f, 4, sx, x);
     fwd_input(&f, 4, sw, w);
     f.y = make_out(4, sy);
-    fd_check(what, &f, x, nx, got);
-    /* The last row and column, where asymmetric padding and stride show. */
-    fd_check_range(what, &f, x, nx, got, nx - W, W);
+    fd_check_range(what, &f, x, nx, got, 0, 0, fd_samples);
+    /* The last row, where asymmetric padding and stride show. */
+    fd_check_range(what, &f, x, nx, got, nx - W, W, fd_samples);
     fwd_free(&f);
     tensor_free(&dy), tensor_free(&tw), tensor_free(&dx);
     free(x), free(w), free(r), free(want), free(got);
@@ -650,12 +664,12 @@ static void check_conv_backward(int B, int Ci, int H, int W, int Co, int K, int 
 
 TEST(backward_conv2d_input)
 {
-    check_conv_backward(2, 3, 9, 7, 5, 3, 1, (int[]){1, 1, 1, 1});    /* UNet/VAE 3x3 */
-    check_conv_backward(1, 4, 10, 10, 6, 3, 2, (int[]){1, 1, 1, 1});  /* UNet downsample */
-    check_conv_backward(1, 3, 9, 11, 2, 3, 2, (int[]){1, 1, 1, 1});   /* odd, stride 2 */
-    check_conv_backward(1, 4, 10, 10, 6, 3, 2, (int[]){0, 1, 0, 1});  /* VAE downsample */
-    check_conv_backward(2, 3, 7, 6, 2, 3, 1, (int[]){0, 0, 0, 0});    /* no padding */
-    check_conv_backward(2, 8, 5, 6, 3, 1, 1, (int[]){0, 0, 0, 0});    /* 1x1 shortcut */
+    check_conv_backward(2, 3, 9, 7, 5, 3, 1, (int[]){1, 1, 1, 1}, FD_SAMPLES);    /* UNet/VAE 3x3 */
+    check_conv_backward(1, 4, 10, 10, 6, 3, 2, (int[]){1, 1, 1, 1}, FD_SAMPLES);  /* UNet downsample */
+    check_conv_backward(1, 3, 9, 11, 2, 3, 2, (int[]){1, 1, 1, 1}, FD_SAMPLES);   /* odd, stride 2 */
+    check_conv_backward(1, 4, 10, 10, 6, 3, 2, (int[]){0, 1, 0, 1}, FD_SAMPLES);  /* VAE downsample */
+    check_conv_backward(2, 3, 7, 6, 2, 3, 1, (int[]){0, 0, 0, 0}, FD_SAMPLES);    /* no padding */
+    check_conv_backward(2, 8, 5, 6, 3, 1, 1, (int[]){0, 0, 0, 0}, FD_SAMPLES);    /* 1x1 shortcut */
 
     coin_error err = {0};
     float z[2 * 3 * 4 * 4] = {0};
@@ -679,8 +693,8 @@ TEST(backward_conv2d_input_in_bands)
 {
     /* 64 channels at 64 wide: a band of 2^21 column floats holds 56 output
      * rows, so both of these take two bands that meet inside the image. */
-    check_conv_backward(1, 64, 64, 64, 4, 3, 1, (int[]){1, 1, 1, 1});
-    check_conv_backward(1, 64, 127, 128, 3, 3, 2, (int[]){0, 1, 0, 1});
+    check_conv_backward(1, 64, 64, 64, 4, 3, 1, (int[]){1, 1, 1, 1}, 6);
+    check_conv_backward(1, 64, 127, 128, 3, 3, 2, (int[]){0, 1, 0, 1}, 6);
 }
 
 /* ---- shape ops ---- */
@@ -807,7 +821,7 @@ TEST(backward_embed)
     fwd_input(&f, 2, (int64_t[]){V, D}, table);
     fwd_input(&f, 2, (int64_t[]){P, D}, pos);
     f.y = make_out(3, (int64_t[]){B, T, D});
-    fd_check_range("embed", &f, table, V * D, grad, FIRST * D, R * D);
+    fd_check_range("embed", &f, table, V * D, grad, FIRST * D, R * D, R * D);
     fwd_free(&f);
 
     tensor bad = make_out(2, (int64_t[]){R, D + 1});

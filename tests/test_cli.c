@@ -133,3 +133,75 @@ TEST(cli_long_prompt_warns_about_truncation)
     CHECK_STR_CONTAINS(out, "warning: the prompt is longer than 75 tokens; 6 tokens were dropped");
     CHECK_STR_CONTAINS(out, "cat cat cat cat cat dog\"");
 }
+
+static int files_equal(const char *a, const char *b)
+{
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    int same = fa && fb;
+    while (same) {
+        int ca = fgetc(fa), cb = fgetc(fb);
+        if (ca != cb)
+            same = 0;
+        if (ca == EOF || cb == EOF)
+            break;
+    }
+    if (fa)
+        fclose(fa);
+    if (fb)
+        fclose(fb);
+    return same;
+}
+
+TEST(cli_sample_writes_pngs_that_show_their_recipe)
+{
+    const char *dir = test_tmpdir();
+    char cmd[2048], a[700], b[700];
+    snprintf(cmd, sizeof cmd, "bin/coin sample --model tests/golden/sd1/model.safetensors "
+             "--prompt 'a photo of a cat' --negative blurry --steps 3 --sampler euler_a "
+             "--seed 7 --batch 2 --out %s/cat.png", dir);
+    REQUIRE(run(cmd, out, sizeof out) == 0);
+    CHECK_STR_CONTAINS(out, "image 2/2 (seed 8)");
+    snprintf(cmd, sizeof cmd, "bin/coin show %s/cat-1.png", dir);
+    CHECK_EQ_INT(run(cmd, out, sizeof out), 0);
+    CHECK_STR_CONTAINS(out, "a photo of a cat\nNegative prompt: blurry\nSteps: 3, "
+                       "Sampler: Euler a, Schedule type: Automatic, CFG scale: 7.5, Seed: 8, "
+                       "Size: 64x64, Model hash: ");
+    CHECK_STR_CONTAINS(out, "Model: model, RNG: NV, Version: coin ");
+    CHECK_STR_CONTAINS(out, "sampler     euler_a");
+    CHECK_STR_CONTAINS(out, "backend     cpu (fp32)");
+    /* Image 1 of the batch made again alone, from its own seed: the same
+     * bytes (pixels and text). */
+    snprintf(cmd, sizeof cmd, "bin/coin sample --model tests/golden/sd1/model.safetensors "
+             "--prompt 'a photo of a cat' --negative blurry --steps 3 --sampler euler_a "
+             "--seed 8 --out %s/again.png", dir);
+    REQUIRE(run(cmd, out, sizeof out) == 0);
+    snprintf(a, sizeof a, "%s/cat-1.png", dir);
+    snprintf(b, sizeof b, "%s/again.png", dir);
+    CHECK(files_equal(a, b));
+    snprintf(a, sizeof a, "%s/cat-0.png", dir);
+    CHECK(!files_equal(a, b));
+}
+
+TEST(cli_sample_refuses_bad_values_before_work)
+{
+    const char *m = "bin/coin sample --model tests/golden/sd1/model.safetensors --prompt x "
+                    "--out /tmp/coin-never-written.png";
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s --steps 0", m);
+    CHECK_EQ_INT(run(cmd, out, sizeof out), 2);
+    CHECK_STR_CONTAINS(out, "--steps takes a whole number from 1 to 1000");
+    snprintf(cmd, sizeof cmd, "%s --steps 1001", m);
+    CHECK_EQ_INT(run(cmd, out, sizeof out), 2);
+    snprintf(cmd, sizeof cmd, "%s --cfg nan", m);
+    CHECK_EQ_INT(run(cmd, out, sizeof out), 2);
+    snprintf(cmd, sizeof cmd, "%s --sampler lms", m);
+    CHECK_EQ_INT(run(cmd, out, sizeof out), 2);
+    CHECK_STR_CONTAINS(out, "unknown sampler 'lms'");
+    snprintf(cmd, sizeof cmd, "%s --width 70", m);
+    CHECK_EQ_INT(run(cmd, out, sizeof out), 1);
+    CHECK_STR_CONTAINS(out, "width 70 does not work with this model");
+    snprintf(cmd, sizeof cmd, "%s --schedule karras --sampler ddim", m);
+    CHECK_EQ_INT(run(cmd, out, sizeof out), 1);
+    CHECK_STR_CONTAINS(out, "Karras");
+    CHECK_EQ_INT(run("bin/coin show tests/golden/sd1/model.safetensors", out, sizeof out), 1);
+}

@@ -577,8 +577,8 @@ TEST(image_write_png_refuses_bad_text)
     coin_error e = {0};
     REQUIRE_OK(image_alloc(&img, 2, 2, 3, &e), &e);
     const char *bad_keys[] = {"", " lead", "trail ", "dou  ble", "\xe7\x8c\xab",
-                              "0123456789012345678901234567890123456789"
-                              "0123456789012345678901234567890123456789"};
+                              ("0123456789012345678901234567890123456789"
+                               "0123456789012345678901234567890123456789")};
     for (size_t i = 0; i < sizeof bad_keys / sizeof *bad_keys; i++) {
         image_text t = {(char *)bad_keys[i], "v"};
         CHECK_EQ_INT(image_write_png(path, &img, &t, 1, &e), COIN_EINVAL);

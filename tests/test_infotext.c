@@ -316,6 +316,14 @@ TEST(infotext_format_numbers_and_omissions)
         CHECK_MSG(!strcmp(out, cases[i].want), "got \"%s\" want \"%s\"", out, cases[i].want);
         free(out);
     }
+    /* A1111's `k if k == v`: a value equal to its key is the key alone */
+    infotext q = {0};
+    REQUIRE_OK(infotext_set_extra(&q, "Same", "Same", &e), &e);
+    REQUIRE_OK(infotext_set_extra(&q, "Other", "x", &e), &e);
+    REQUIRE_OK(infotext_format(&q, &out, &e), &e);
+    CHECK(!strcmp(out, "Same, Other: x"));
+    free(out);
+    infotext_free(&q);
     /* nothing but a prompt: no trailing newline (the text is stripped) */
     infotext bare = {0};
     bare.prompt = "  only  ";

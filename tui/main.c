@@ -17,13 +17,15 @@ static const char USAGE[] =
     "                       type, dtypes, parameters per component, problems found\n"
     "  tokenize TEXT        the CLIP token ids of a prompt\n"
     "  encode               run the text encoder on a prompt, save the hidden states\n"
+    "  sample               text to image: PNGs that carry how they were made\n"
+    "  show IMAGE.png       how an image was made (AUTOMATIC1111 text, coin recipe)\n"
     "  help                 this text\n"
     "\n"
     "MODEL is a single-file .safetensors checkpoint (SD 1.x or 2.x, LDM layout) or\n"
     "a diffusers folder.  Pickle .ckpt/.pt files are refused with the command that\n"
     "converts them.\n"
     "\n"
-    "Not built yet: sampling, training, the run ledger and the workbench.\n";
+    "Not built yet: training, the run ledger and the workbench.\n";
 
 int cli_report(const coin_error *err)
 {
@@ -60,6 +62,8 @@ int main(int argc, char **argv)
         {"info", cmd_info},
         {"tokenize", cmd_tokenize},
         {"encode", cmd_encode},
+        {"sample", cmd_sample},
+        {"show", cmd_show},
     };
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(cmd, commands[i].name))

@@ -10,18 +10,26 @@
 # is about 1.6 TFLOP.
 #
 # coin's side is tools/bench/bench_unet.c, a standalone program linked against build/libcoin.a
-# with the same flags as bin/coin; this script builds it with
+# with the same libraries as bin/coin (the Makefile's LDLIBS: OpenMP OpenBLAS where installed);
+# this script builds it with
 #   make build/libcoin.a
 #   gcc -std=c11 -D_GNU_SOURCE -O2 -fopenmp -I. -I/usr/include/cjson \
-#       tools/bench/bench_unet.c build/libcoin.a -lopenblas -lcjson -lutf8proc -lz -lm \
+#       tools/bench/bench_unet.c build/libcoin.a \
+#       [-L$BLAS -Wl,-rpath,$BLAS] -lopenblas -lcjson -lutf8proc -lpng -lz -lm \
 #       -o build/bench_unet
+# with BLAS=/usr/lib/x86_64-linux-gnu/openblas-openmp when that folder exists.
 set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
 py="$root/tools/reference/.venv/bin/python"
 [ -x "$py" ] || { echo "bench: $py missing; run: sh tools/reference/setup.sh" >&2; exit 1; }
 cd "$root"
 make build/libcoin.a >&2
+blas=/usr/lib/x86_64-linux-gnu/openblas-openmp
+blas_flags=
+[ -d "$blas" ] && blas_flags="-L$blas -Wl,-rpath,$blas"
+# shellcheck disable=SC2086
 gcc -std=c11 -D_GNU_SOURCE -O2 -fopenmp -I. -I/usr/include/cjson \
-    tools/bench/bench_unet.c build/libcoin.a -lopenblas -lcjson -lutf8proc -lz -lm \
+    tools/bench/bench_unet.c build/libcoin.a \
+    $blas_flags -lopenblas -lcjson -lutf8proc -lpng -lz -lm \
     -o build/bench_unet
 exec "$py" tools/bench/bench_unet.py --coin build/bench_unet --threads "${THREADS:-$(nproc)}" "$@"

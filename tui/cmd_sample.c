@@ -1,0 +1,461 @@
+/*
+ * cmd_sample.c - `coin sample`: text to image from the command line, and
+ * `coin show`: what a coin PNG says about how it was made.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/image.h"
+#include "core/infotext.h"
+#include "core/recipe.h"
+#include "core/sample.h"
+#include "tui/cli.h"
+#include "tui/progress.h"
+
+static const char SAMPLE_HELP[] =
+    "usage: coin sample --model MODEL --prompt TEXT --out PATH.png [options]\n"
+    "\n"
+    "Turns a prompt into images.  The same seed gives the same image every time;\n"
+    "image i of a batch uses seed + i, so any one can be made again alone.  Each\n"
+    "PNG carries its parameters (AUTOMATIC1111's \"parameters\" text) and coin's\n"
+    "recipe (model and embedding sha256, backend, precision): see coin show.\n"
+    "\n"
+    "  --model MODEL         single-file .safetensors or diffusers folder\n"
+    "  --prompt TEXT         what to draw; trigger words of --embedding files work\n"
+    "  --negative TEXT       what to avoid (default: nothing)\n"
+    "  --seed N              default 42\n"
+    "  --steps N             1 to 1000, default 50\n"
+    "  --cfg G               guidance scale, default 7.5 (1 or less: no guidance)\n"
+    "  --sampler NAME        ddim, pndm, euler, euler_a, dpmpp_2m; default: the\n"
+    "                        model's own (pndm for SD 1.x, ddim for SD 2.x)\n"
+    "  --schedule S          default or karras (euler, euler_a, dpmpp_2m)\n"
+    "  --width W --height H  default: the model's native size (512, or 768 for\n"
+    "                        SD 2.x v models)\n"
+    "  --batch N             images, seeds seed .. seed+N-1 (default 1)\n"
+    "  --rng cuda|cpu        cuda (default): torch's CUDA randn, as AUTOMATIC1111\n"
+    "                        and stable-diffusion.cpp; cpu: torch's CPU randn, as\n"
+    "                        diffusers with a CPU generator and ComfyUI\n"
+    "  --embedding FILE      a textual-inversion embedding (repeatable); its trigger\n"
+    "                        is the tensor's key (diffusers) or the file's stem\n"
+    "  --out PATH.png        the image; with --batch N, PATH-0.png ... PATH-(N-1).png\n"
+    "  --backend B           auto, cpu or cuda (default auto)\n"
+    "  --version sd1|sd2     override the detected model version\n"
+    "  --prediction eps|v    override the prediction type\n";
+
+/* Parses a whole number in [lo, hi] or fails with the option's name. */
+static int parse_long(const char *opt, const char *s, long long lo, long long hi,
+                      long long *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || !*s || *end || v < lo || v > hi)
+        return cli_usage_error("sample", "%s takes a whole number from %lld to %lld, not '%s'",
+                               opt, lo, hi, s);
+    *out = v;
+    return 0;
+}
+
+/* PATH.png, or PATH-i.png for image i of a batch. */
+static void output_path(char *buf, size_t len, const char *out, int batch, int i)
+{
+    if (batch == 1) {
+        snprintf(buf, len, "%s", out);
+        return;
+    }
+    const char *dot = strrchr(out, '.');
+    int stem = dot && !strchr(dot, '/') ? (int)(dot - out) : (int)strlen(out);
+    snprintf(buf, len, "%.*s-%d%s", stem, out, i, dot && !strchr(dot, '/') ? dot : ".png");
+}
+
+static int on_step(void *ctx, int step, int total)
+{
+    (void)total;
+    progress_update(ctx, step);
+    return 0;
+}
+
+static int on_hash(uint64_t done, uint64_t total, void *ctx)
+{
+    progress *bar = ctx;
+    if (total < (256u << 20))
+        return 0;   /* small files hash in a blink: no progress line */
+    /* Whole MiB keep the step counter in int range for any file. */
+    bar->total = (int)(total >> 20);
+    progress_update(bar, (int)(done >> 20));
+    return 0;
+}
+
+/* The file whose hash names the model: the single file, or a folder's UNet
+ * weights (what AUTOMATIC1111 would have loaded had it been one file). */
+static const char *model_file(const checkpoint *ck)
+{
+    for (size_t i = 0; i < ck->n_tensors; i++)
+        if (ck->tensors[i].comp == COMP_UNET)
+            return ck->tensors[i].file->path;
+    return ck->files[0]->path;
+}
+
+static int hash_file(const char *path, const char *what, char hex[65], coin_error *err)
+{
+    uint8_t digest[32];
+    progress bar;
+    char label[160];
+    snprintf(label, sizeof label, "hashing %s (MiB)", what);
+    progress_start(&bar, label, 1);
+    int rc = sha256_file(path, digest, on_hash, &bar, err);
+    if (!rc)
+        sha256_hex(digest, hex);
+    return rc;
+}
+
+/* The last path component without its extension, as A1111 names models. */
+static void stem_of(const char *path, char *buf, size_t len)
+{
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/')
+        n--;
+    size_t start = 0;
+    for (size_t i = 0; i + 1 < n; i++)
+        if (path[i] == '/')
+            start = i + 1;
+    size_t end = n;
+    for (size_t i = n; i > start + 1; i--)
+        if (path[i - 1] == '.') {
+            end = i - 1;
+            break;
+        }
+    snprintf(buf, len, "%.*s", (int)(end - start), path + start);
+}
+
+typedef struct hashes {
+    char model[65];
+    char embeddings[PIPELINE_MAX_EMBEDDINGS][65];
+} hashes;
+
+/* AUTOMATIC1111's "parameters" text and coin's recipe for one image. */
+static int describe(const sd_pipeline *p, const sample_params *sp, const hashes *h,
+                    const char *backend, char **params, char **json, coin_error *err)
+{
+    recipe r = {0};
+    r.model.path = p->ck->path;
+    memcpy(r.model.sha256, h->model, 65);
+    r.n_embeddings = p->n_embeddings;
+    infotext it = {0};
+    char model_short[11], ti_short[13], model_name[256];
+    int rc = 0;
+    for (int i = 0; i < p->n_embeddings && !rc; i++) {
+        r.embeddings[i].path = p->embeddings[i].path;
+        r.embeddings[i].token = p->embeddings[i].token;
+        memcpy(r.embeddings[i].sha256, h->embeddings[i], 65);
+        snprintf(ti_short, sizeof ti_short, "%.12s", h->embeddings[i]);
+        rc = infotext_add_ti(&it, p->embeddings[i].token, ti_short, err);
+    }
+    r.prompt = (char *)sp->prompt;
+    r.negative = (char *)sp->negative;
+    r.seed = sp->seed;
+    r.steps = sp->steps;
+    r.cfg = sp->cfg;
+    snprintf(r.sampler, sizeof r.sampler, "%s", sampler_name(sp->sampler));
+    r.karras = sp->karras;
+    r.width = sp->width;
+    r.height = sp->height;
+    snprintf(r.rng, sizeof r.rng, "%s", rng_kind_name(sp->rng));
+    snprintf(r.backend, sizeof r.backend, "%s", backend);
+    snprintf(r.precision, sizeof r.precision, "fp32");
+    snprintf(r.prediction, sizeof r.prediction, "%s", sd_prediction_name(p->prediction));
+    snprintf(r.version, sizeof r.version, "%s", COIN_VERSION);
+
+    snprintf(model_short, sizeof model_short, "%.10s", h->model);
+    stem_of(p->ck->path, model_name, sizeof model_name);
+    it.prompt = (char *)sp->prompt;
+    it.negative_prompt = (char *)sp->negative;
+    it.have = INFOTEXT_STEPS | INFOTEXT_CFG | INFOTEXT_SEED | INFOTEXT_SIZE;
+    it.steps = sp->steps;
+    it.cfg_scale = sp->cfg;
+    it.seed = (int64_t)sp->seed;
+    it.width = sp->width;
+    it.height = sp->height;
+    it.sampler = (char *)sampler_a1111_name(sp->sampler);
+    it.schedule_type = sp->karras ? "Karras" : "Automatic";
+    it.model_hash = model_short;
+    it.model_name = model_name;
+    it.rng = (char *)infotext_rng_from_coin(rng_kind_name(sp->rng));
+    it.version = "coin " COIN_VERSION;
+    *params = *json = NULL;
+    if (!rc)
+        rc = infotext_format(&it, params, err);
+    if (!rc)
+        rc = recipe_to_json(&r, json, err);
+    /* Only the TI list was allocated by the infotext calls. */
+    for (size_t i = 0; i < it.n_ti; i++) {
+        free(it.ti[i].name);
+        free(it.ti[i].hash);
+    }
+    free(it.ti);
+    if (rc) {
+        free(*params);
+        *params = NULL;
+    }
+    return rc;
+}
+
+/* The options of `coin sample`, as given (-1 / NAN: not given). */
+typedef struct sample_args {
+    const char *model, *prompt, *negative, *out, *backend;
+    const char *embeddings[PIPELINE_MAX_EMBEDDINGS];
+    int n_emb;
+    long long seed, steps, width, height, batch;
+    int sampler, karras, rng;
+    float cfg;
+    sd_version version;
+    sd_prediction prediction;
+} sample_args;
+
+static int parse_sample_args(int argc, char **argv, sample_args *a)
+{
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
+        {"negative", required_argument, 0, 'n'}, {"seed", required_argument, 0, 's'},
+        {"steps", required_argument, 0, 't'}, {"cfg", required_argument, 0, 'g'},
+        {"sampler", required_argument, 0, 'S'}, {"schedule", required_argument, 0, 'k'},
+        {"width", required_argument, 0, 'W'}, {"height", required_argument, 0, 'H'},
+        {"batch", required_argument, 0, 'b'}, {"rng", required_argument, 0, 'r'},
+        {"embedding", required_argument, 0, 'e'}, {"out", required_argument, 0, 'o'},
+        {"backend", required_argument, 0, 'B'}, {"version", required_argument, 0, 'v'},
+        {"prediction", required_argument, 0, 'P'}, {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    memset(a, 0, sizeof *a);
+    a->negative = "";
+    a->backend = "auto";
+    a->seed = 42;
+    a->steps = a->width = a->height = -1;
+    a->batch = 1;
+    a->sampler = -1;
+    a->rng = RNG_CUDA;
+    a->cfg = NAN;
+    char *end;
+    int c;
+    while ((c = getopt_long(argc, argv, "m:p:n:s:t:g:S:k:W:H:b:r:e:o:B:v:P:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'h': fputs(SAMPLE_HELP, stdout); return 1;
+        case 'm': a->model = optarg; break;
+        case 'p': a->prompt = optarg; break;
+        case 'n': a->negative = optarg; break;
+        case 'o': a->out = optarg; break;
+        case 'B': a->backend = optarg; break;
+        case 's':
+            if (parse_long("--seed", optarg, 0, 0x7fffffffffffffffLL, &a->seed))
+                return 2;
+            break;
+        case 't':
+            if (parse_long("--steps", optarg, 1, 1000, &a->steps))
+                return 2;
+            break;
+        case 'W':
+            if (parse_long("--width", optarg, 8, 4096, &a->width))
+                return 2;
+            break;
+        case 'H':
+            if (parse_long("--height", optarg, 8, 4096, &a->height))
+                return 2;
+            break;
+        case 'b':
+            if (parse_long("--batch", optarg, 1, 1000, &a->batch))
+                return 2;
+            break;
+        case 'g':
+            a->cfg = strtof(optarg, &end);
+            if (!*optarg || *end || !isfinite(a->cfg) || a->cfg < 0 || a->cfg > 100)
+                return cli_usage_error("sample", "--cfg takes a number from 0 to 100, not '%s'",
+                                       optarg);
+            break;
+        case 'S':
+            if ((a->sampler = sampler_parse(optarg)) < 0)
+                return cli_usage_error("sample", "unknown sampler '%s' (ddim, pndm, euler, "
+                                       "euler_a, dpmpp_2m)", optarg);
+            break;
+        case 'k':
+            if (strcmp(optarg, "default") && strcmp(optarg, "karras"))
+                return cli_usage_error("sample", "--schedule takes default or karras");
+            a->karras = !strcmp(optarg, "karras");
+            break;
+        case 'r':
+            if ((a->rng = rng_kind_parse(optarg)) < 0)
+                return cli_usage_error("sample", "--rng takes cuda or cpu, not '%s'", optarg);
+            break;
+        case 'e':
+            if (a->n_emb == PIPELINE_MAX_EMBEDDINGS)
+                return cli_usage_error("sample", "at most %d --embedding files",
+                                       PIPELINE_MAX_EMBEDDINGS);
+            a->embeddings[a->n_emb++] = optarg;
+            break;
+        case 'v':
+            if ((a->version = sd_version_parse(optarg)) == SD_UNKNOWN)
+                return cli_usage_error("sample", "--version takes sd1 or sd2");
+            break;
+        case 'P':
+            if (!strcmp(optarg, "eps") || !strcmp(optarg, "epsilon"))
+                a->prediction = PRED_EPSILON;
+            else if (!strcmp(optarg, "v") || !strcmp(optarg, "v_prediction"))
+                a->prediction = PRED_V;
+            else
+                return cli_usage_error("sample", "--prediction takes eps or v");
+            break;
+        default: return cli_usage_error("sample", "bad option");
+        }
+    }
+    if (optind != argc)
+        return cli_usage_error("sample", "unexpected argument '%s'", argv[optind]);
+    if (!a->model || !a->prompt || !a->out)
+        return cli_usage_error("sample", "--model, --prompt and --out are required");
+    return 0;
+}
+
+int cmd_sample(int argc, char **argv)
+{
+    sample_args a;
+    int rc = parse_sample_args(argc, argv, &a);
+    if (rc)
+        return rc == 1 ? 0 : rc;
+
+    coin_error err = {0};
+    const coin_backend *be;
+    sd_pipeline *p = NULL;
+    float *pixels = NULL;
+    hashes h;
+    int status = 1;
+    if (backend_by_name(&be, a.backend, &err) ||
+        pipeline_open(&p, a.model, a.version, a.prediction, be, &err))
+        goto done;
+    for (int i = 0; i < a.n_emb; i++)
+        if (pipeline_add_embedding(p, a.embeddings[i], &err))
+            goto done;
+    sample_params sp;
+    sample_defaults(p, &sp);
+    sp.prompt = a.prompt;
+    sp.negative = a.negative;
+    if (a.steps > 0)
+        sp.steps = (int)a.steps;
+    if (!isnan(a.cfg))
+        sp.cfg = a.cfg;
+    if (a.sampler >= 0)
+        sp.sampler = (sampler_kind)a.sampler;
+    sp.karras = a.karras;
+    if (a.width > 0)
+        sp.width = (int)a.width;
+    if (a.height > 0)
+        sp.height = (int)a.height;
+    sp.rng = (rng_kind)a.rng;
+    sp.seed = (uint64_t)a.seed;
+    if (sample_validate(p, &sp, &err))
+        goto done;
+    tokenizer_result tr;
+    if (pipeline_tokenize(p, a.prompt, &tr, &err))
+        goto done;
+    if (tr.n_dropped > 0)
+        fprintf(stderr, "warning: the prompt is longer than 75 tokens; %d token%s dropped: "
+                "\"%s\"\n", tr.n_dropped, tr.n_dropped == 1 ? " was" : "s were",
+                tr.dropped_at >= 0 ? a.prompt + tr.dropped_at : "");
+    if (hash_file(model_file(p->ck), "the model", h.model, &err))
+        goto done;
+    for (int i = 0; i < p->n_embeddings; i++)
+        if (hash_file(p->embeddings[i].path, p->embeddings[i].token, h.embeddings[i], &err))
+            goto done;
+    if (!(pixels = malloc((size_t)3 * sp.width * sp.height * sizeof(float)))) {
+        coin_fail(&err, COIN_ENOMEM, "out of memory");
+        goto done;
+    }
+    for (long long i = 0; i < a.batch; i++) {
+        char path[4096], what[96], *params = NULL, *json = NULL;
+        progress bar;
+        sp.seed = (uint64_t)a.seed + (uint64_t)i;
+        snprintf(what, sizeof what, "image %lld/%lld (seed %" PRIu64 ")", i + 1, a.batch,
+                 sp.seed);
+        progress_start(&bar, what, sampler_model_calls(sp.sampler, sp.steps));
+        if (sample_image(p, &sp, on_step, &bar, pixels, NULL, &err))
+            goto done;
+        progress_end(&bar);
+        coin_image img = {0};
+        output_path(path, sizeof path, a.out, (int)a.batch, (int)i);
+        rc = image_from_chw_float(pixels, sp.width, sp.height, &img, &err);
+        if (!rc)
+            rc = describe(p, &sp, &h, be->name, &params, &json, &err);
+        if (!rc) {
+            image_text texts[2] = {{"parameters", params}, {"coin", json}};
+            rc = image_write_png(path, &img, texts, 2, &err);
+        }
+        image_free(&img);
+        free(params);
+        free(json);
+        if (rc)
+            goto done;
+        printf("%s\n", path);
+    }
+    status = 0;
+done:
+    if (status)
+        cli_report(&err);
+    free(pixels);
+    pipeline_free(p);
+    return status;
+}
+
+static const char SHOW_HELP[] =
+    "usage: coin show IMAGE.png\n"
+    "\n"
+    "Prints how IMAGE was made: AUTOMATIC1111's parameters text (as stable-diffusion\n"
+    "webui writes it and most tools read it) and, for coin's images, the recipe that\n"
+    "regenerates it bit for bit: model and embedding sha256, seed, sampler, RNG,\n"
+    "backend and precision.\n";
+
+int cmd_show(int argc, char **argv)
+{
+    if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        fputs(SHOW_HELP, stdout);
+        return 0;
+    }
+    if (argc != 2 || argv[1][0] == '-')
+        return cli_usage_error("show", "give exactly one IMAGE.png");
+    coin_error err = {0};
+    image_text_list texts = {0};
+    if (image_read_png_text(argv[1], &texts, &err))
+        return cli_report(&err);
+    const char *params = image_text_get(&texts, "parameters");
+    const char *json = image_text_get(&texts, "coin");
+    int status = 0;
+    if (!params && !json) {
+        coin_fail(&err, COIN_ENOTFOUND, "%s has no generation parameters (no \"parameters\" "
+                  "or \"coin\" text)", argv[1]);
+        status = cli_report(&err);
+    }
+    if (params)
+        printf("%s\n", params);
+    if (json) {
+        recipe r;
+        if (recipe_from_json(json, &r, &err)) {
+            coin_error_prefix(&err, "%s: coin recipe", argv[1]);
+            status = cli_report(&err);
+        } else {
+            printf("\ncoin recipe (coin %s):\n", r.version);
+            printf("  model       %s\n  sha256      %s\n", r.model.path, r.model.sha256);
+            for (int i = 0; i < r.n_embeddings; i++)
+                printf("  embedding   %s = %s\n  sha256      %s\n", r.embeddings[i].token,
+                       r.embeddings[i].path, r.embeddings[i].sha256);
+            printf("  seed        %" PRIu64 "\n  steps       %d\n  cfg         %g\n", r.seed,
+                   r.steps, r.cfg);
+            printf("  sampler     %s%s\n  size        %dx%d\n  rng         %s\n", r.sampler,
+                   r.karras ? " (karras)" : "", r.width, r.height, r.rng);
+            printf("  backend     %s (%s)\n  prediction  %s\n", r.backend, r.precision,
+                   r.prediction);
+            recipe_free(&r);
+        }
+    }
+    image_text_list_free(&texts);
+    return status;
+}
