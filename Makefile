@@ -3,7 +3,7 @@
 #   make            build bin/coin (installs missing Debian packages first)
 #   make test       build and run every test; ends with "N passed, N failed"
 #   make run        inspect a model and encode a prompt (MODEL=..., PROMPT=...)
-#   make fuzz       fuzz the safetensors reader for FUZZ_SECONDS (default 30)
+#   make fuzz       fuzz the safetensors and .pt readers, FUZZ_SECONDS in all (default 30)
 #
 # CUDA: when nvcc is on PATH (or NVCC=... is given) the CUDA backend in cuda/
 # is compiled and linked in; without it coin is CPU-only.
@@ -26,6 +26,8 @@ LDLIBS  += -lopenblas -lcjson -lutf8proc -lpng -lz -lm -fopenmp
 
 NVCC    ?= $(shell command -v nvcc 2>/dev/null)
 FUZZ_SECONDS ?= 30
+# each fuzz target gets half, at least 1 s (0 would mean no limit)
+FUZZ_HALF = $(shell expr \( $(FUZZ_SECONDS) + 1 \) / 2)
 
 BUILD   := build
 CORE_SRC := $(wildcard core/*.c)
@@ -95,14 +97,28 @@ bin/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c $(FUZZ_CORE) core/safetensor
 	clang -std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -I. -fsanitize=fuzzer,address,undefined \
 	    -fno-sanitize-recover=all -o $@ tests/fuzz/fuzz_safetensors.c $(FUZZ_CORE) -lm
 
-fuzz: bin/fuzz_safetensors
-	@mkdir -p $(BUILD)/fuzz-corpus
-	bin/fuzz_safetensors -max_total_time=$(FUZZ_SECONDS) -print_final_stats=0 \
+# The .pt reader's target.  COIN_FUZZING skips only the zip CRC comparison,
+# which no fuzzer could get past.
+FUZZ_PT_CORE := core/pickle_pt.c core/safetensors.c core/error.c
+bin/fuzz_pickle_pt: tests/fuzz/fuzz_pickle_pt.c $(FUZZ_PT_CORE) core/pickle_pt.h | $(DEPS_STAMP)
+	@mkdir -p bin
+	clang -std=c11 -D_GNU_SOURCE -DCOIN_FUZZING -g -O1 -Wall -Wextra -I. -fsanitize=fuzzer,address,undefined \
+	    -fno-sanitize-recover=all -o $@ tests/fuzz/fuzz_pickle_pt.c $(FUZZ_PT_CORE) -lz -lm
+
+fuzz: bin/fuzz_safetensors bin/fuzz_pickle_pt
+	@mkdir -p $(BUILD)/fuzz-corpus $(BUILD)/fuzz-corpus-pt
+	bin/fuzz_safetensors -max_total_time=$(FUZZ_HALF) -print_final_stats=0 \
 	    -dict=tests/fuzz/safetensors.dict -artifact_prefix=$(BUILD)/fuzz- \
 	    $(BUILD)/fuzz-corpus tests/fuzz/corpus 2>$(BUILD)/fuzz.log || \
 	    { tail -40 $(BUILD)/fuzz.log; echo "fuzz: the safetensors reader crashed; see $(BUILD)/fuzz.log"; exit 1; }
 	@grep -E '^(#[0-9]+ +DONE|Done)' $(BUILD)/fuzz.log | tail -1 || true
-	@echo "fuzz: $(FUZZ_SECONDS) s on the safetensors reader, nothing found"
+	@echo "fuzz: $(FUZZ_HALF) s on the safetensors reader, nothing found"
+	bin/fuzz_pickle_pt -max_total_time=$(FUZZ_HALF) -print_final_stats=0 \
+	    -artifact_prefix=$(BUILD)/fuzz-pt- \
+	    $(BUILD)/fuzz-corpus-pt tests/fuzz/corpus_pt 2>$(BUILD)/fuzz_pt.log || \
+	    { tail -40 $(BUILD)/fuzz_pt.log; echo "fuzz: the .pt reader crashed; see $(BUILD)/fuzz_pt.log"; exit 1; }
+	@grep -E '^(#[0-9]+ +DONE|Done)' $(BUILD)/fuzz_pt.log | tail -1 || true
+	@echo "fuzz: $(FUZZ_HALF) s on the .pt reader, nothing found"
 
 test: bin/coin bin/coin_tests fuzz
 	@bin/coin_tests

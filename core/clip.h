@@ -57,4 +57,26 @@ int clip_add_tokens(clip_model *m, const float *rows, int n, int first_id,
 int clip_forward(const clip_model *m, const int32_t *ids, int B, tensor *out,
                  coin_error *err);
 
+/* The activations one forward pass keeps for the backward pass. */
+typedef struct clip_trace clip_trace;
+
+/* clip_forward that also keeps, in *trace, what clip_backward needs. */
+int clip_forward_trace(const clip_model *m, const int32_t *ids, int B, tensor *out,
+                       clip_trace **trace, coin_error *err);
+void clip_trace_free(clip_trace *t);
+
+/* Textual inversion's backward pass: from dout[B, P, D] (the gradient of
+ * the loss with respect to clip_forward's output) to the gradient of the
+ * token-embedding rows first_id .. first_id + R - 1, added into
+ * drows[R, D].  No weight gradient is computed. */
+int clip_backward(const clip_model *m, const clip_trace *t, const tensor *dout,
+                  int first_id, tensor *drows, coin_error *err);
+
+/* Reads or writes n token-embedding rows from first_id (host rows[n, D]):
+ * the trainer's trigger vectors. */
+int clip_set_token_rows(clip_model *m, int first_id, const float *rows, int n,
+                        coin_error *err);
+int clip_get_token_rows(const clip_model *m, int first_id, float *rows, int n,
+                        coin_error *err);
+
 #endif

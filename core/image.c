@@ -415,10 +415,14 @@ static int png_decode(const uint8_t *data, size_t len, const char *name,
  * "image file is truncated".  These walks check that the data the decoder
  * needs is all there first. */
 
-/* Huffman table segments as stb_image 2.27 needs them: it trusts the 16
- * code-length counts and writes one byte per code into a 257-byte array, so
- * a table claiming more than 256 codes would overrun its heap block. */
-static int jpeg_dht_ok(const uint8_t *d, size_t len)
+/* Huffman tables as stb_image 2.27 needs them.  It trusts the 16 code-length
+ * counts and writes one byte per code into a 257-byte array, so a table
+ * claiming more than 256 codes overruns its heap block; and it decodes a
+ * scan with whatever table slot the scan names, defined or not (the slots
+ * are uninitialised memory), reading symbols out of bounds.  So: counts at
+ * most 256, and every table a scan decodes with defined before it.
+ * *defined has bit th for DC table th and bit 4 + th for AC. */
+static int jpeg_dht_ok(const uint8_t *d, size_t len, unsigned *defined)
 {
     while (len > 0) {
         if (len < 17)
@@ -426,10 +430,31 @@ static int jpeg_dht_ok(const uint8_t *d, size_t len)
         size_t n = 0;
         for (int i = 1; i <= 16; i++)
             n += d[i];
-        if ((d[0] >> 4) > 1 || (d[0] & 15) > 3 || n > 256 || len - 17 < n)
+        int tc = d[0] >> 4, th = d[0] & 15;
+        if (tc > 1 || th > 3 || n > 256 || len - 17 < n)
             return 0;
+        *defined |= 1u << (tc * 4 + th);
         d += 17 + n;
         len -= 17 + n;
+    }
+    return 1;
+}
+
+/* A scan header (after its length): the tables its components decode with
+ * must be defined.  Baseline scans use both; progressive DC first scans
+ * (Ss = 0, Ah = 0) only the DC table, DC refinements none, AC scans only
+ * the AC table. */
+static int jpeg_sos_ok(const uint8_t *d, size_t len, unsigned defined, int progressive)
+{
+    if (len < 1 || len != 4 + 2 * (size_t)d[0])
+        return 0;
+    int ns = d[0], ss = d[1 + 2 * ns], ah = d[3 + 2 * ns] >> 4;
+    for (int c = 0; c < ns; c++) {
+        int td = d[2 + 2 * c] >> 4, ta = d[2 + 2 * c] & 15;
+        int need_dc = !progressive || (ss == 0 && ah == 0), need_ac = !progressive || ss > 0;
+        if ((need_dc && (td > 3 || !(defined >> td & 1))) ||
+            (need_ac && (ta > 3 || !(defined >> (4 + ta) & 1))))
+            return 0;
     }
     return 1;
 }
@@ -437,11 +462,13 @@ static int jpeg_dht_ok(const uint8_t *d, size_t len)
 /* The marker structure up to EOI: segments skipped by their lengths (so an
  * EXIF thumbnail's EOI does not count), entropy-coded data scanned for the
  * next marker (FF 00 is a stuffed byte, FF D0-D7 a restart).  Returns 0
- * when the file is whole, 1 when it is truncated, 2 when a Huffman table is
- * malformed. */
+ * when the file is whole, 1 when it is truncated, 2 when its Huffman tables
+ * are malformed or missing. */
 static int jpeg_check(const uint8_t *d, size_t n)
 {
     size_t i = 2;
+    unsigned defined = 0;
+    int progressive = 0;
     for (;;) {
         while (i < n && d[i] != 0xFF)
             i++;        /* stray bytes between segments: libjpeg skips them */
@@ -459,7 +486,11 @@ static int jpeg_check(const uint8_t *d, size_t n)
         size_t len = (size_t)d[i] << 8 | d[i + 1];
         if (len < 2 || n - i < len)
             return 1;
-        if (m == 0xC4 && !jpeg_dht_ok(d + i + 2, len - 2))
+        if (m == 0xC2)
+            progressive = 1;
+        if (m == 0xC4 && !jpeg_dht_ok(d + i + 2, len - 2, &defined))
+            return 2;
+        if (m == 0xDA && !jpeg_sos_ok(d + i + 2, len - 2, defined, progressive))
             return 2;
         i += len;
         if (m == 0xDA)
@@ -560,7 +591,8 @@ static int stb_decode(const uint8_t *data, size_t len, const char *name, const c
      * tables up to the frame header. */
     int jpeg = !strcmp(kind, "JPEG") ? jpeg_check(data, len) : 0;
     if (jpeg == 2)
-        return coin_fail(err, COIN_EFORMAT, "%s: corrupt JPEG (a malformed Huffman table)",
+        return coin_fail(err, COIN_EFORMAT, "%s: corrupt JPEG (a Huffman table is malformed or "
+                         "missing)",
                          name);
     int whole = !strcmp(kind, "JPEG") ? jpeg == 0 :
                 !strcmp(kind, "GIF") ? gif_complete(data, len) : bmp_complete(data, len);

@@ -538,11 +538,12 @@ static int entry_read(pt *r, zentry *e, const unsigned char **out)
         d = e->owned;
     }
     uint32_t crc = crc_of(d, e->usize);
-#ifndef COIN_FUZZING    /* the fuzzer could never forge a CRC */
+#ifdef COIN_FUZZING     /* the fuzzer could never forge a CRC; see the Makefile */
+    crc = e->crc;
+#endif
     if (crc != e->crc)
         return zfail(r, COIN_EFORMAT, "zip entry '%s' is damaged: its CRC-32 is %08x, the "
                      "directory says %08x", ename(e, nb), crc, e->crc);
-#endif
     *out = e->data = d;
     return 0;
 }

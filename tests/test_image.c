@@ -493,6 +493,34 @@ TEST(image_load_refuses_truncated_and_corrupt_files)
     expect_load_error(q, COIN_ENOTFOUND, NULL);
 }
 
+/* Two JPEGs that overrun memory inside stb_image 2.27 (found by fuzzing):
+ * a Huffman table claiming more than 256 codes, and a scan decoding with a
+ * table slot no DHT defined.  Both are refused before stb sees them. */
+TEST(image_load_refuses_hostile_jpeg_tables)
+{
+    const char *dir = test_tmpdir();
+    char q[512];
+    size_t n = 0;
+    unsigned char *b = read_file(GOLDEN "jpeg_420.jpg", &n);
+    REQUIRE(b);
+    unsigned char *dht = memmem(b, n, "\xff\xc4", 2);
+    REQUIRE(dht && dht + 21 < b + n);
+    unsigned char save[16];
+    memcpy(save, dht + 5, 16);
+    memset(dht + 5, 0x40, 16);          /* 16 x 64 = 1024 codes */
+    snprintf(q, sizeof q, "%s/bigtable.jpg", dir);
+    REQUIRE(write_file(q, b, n) == 0);
+    expect_load_error(q, COIN_EFORMAT, "Huffman");
+    memcpy(dht + 5, save, 16);
+    unsigned char *sos = memmem(b, n, "\xff\xda", 2);
+    REQUIRE(sos && sos + 7 < b + n);
+    sos[6] = 0x33;                      /* component 1: DC table 3, AC table 3 */
+    snprintf(q, sizeof q, "%s/notable.jpg", dir);
+    REQUIRE(write_file(q, b, n) == 0);
+    expect_load_error(q, COIN_EFORMAT, "Huffman");
+    free(b);
+}
+
 /* Headers claiming more than 16384 pixels a side are refused before any
  * pixel memory is allocated. */
 TEST(image_load_refuses_huge_dimensions)
