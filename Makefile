@@ -35,7 +35,7 @@ TUI_SRC  := $(wildcard tui/*.c)
 TEST_SRC := $(wildcard tests/*.c)
 CUDA_SRC := $(wildcard cuda/*.cu)
 
-CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o) $(BUILD)/vocab_blob.o
+CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o) $(BUILD)/vocab_blob.o $(BUILD)/assets_blob.o
 TUI_OBJ  := $(TUI_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 
@@ -67,6 +67,19 @@ $(BUILD)/vocab_blob.S: $(VOCAB)
 	@mkdir -p $(dir $@)
 	@printf '\t.section .rodata\n\t.global coin_vocab_gz\n\t.global coin_vocab_gz_end\n\t.balign 16\ncoin_vocab_gz:\n\t.incbin "%s"\ncoin_vocab_gz_end:\n\t.section .note.GNU-stack,"",@progbits\n' "$(abspath $(VOCAB))" > $@
 $(BUILD)/vocab_blob.o: $(BUILD)/vocab_blob.S
+	$(CC) -c $< -o $@
+
+# The prompt templates ship inside the binary too; users edit copies of the
+# files in assets/ and pass them with --templates.
+TEMPLATES := assets/templates/object.txt assets/templates/style.txt
+$(BUILD)/assets_blob.S: $(TEMPLATES)
+	@mkdir -p $(dir $@)
+	@{ printf '\t.section .rodata\n'; \
+	   for f in $(TEMPLATES); do n=$$(basename $$f .txt); \
+	     printf '\t.global coin_templates_%s\n\t.global coin_templates_%s_end\ncoin_templates_%s:\n\t.incbin "%s"\ncoin_templates_%s_end:\n\t.byte 0\n' \
+	       $$n $$n $$n "$(abspath .)/$$f" $$n; done; \
+	   printf '\t.section .note.GNU-stack,"",@progbits\n'; } > $@
+$(BUILD)/assets_blob.o: $(BUILD)/assets_blob.S
 	$(CC) -c $< -o $@
 
 $(BUILD)/%.o: %.c | $(DEPS_STAMP)

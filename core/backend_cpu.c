@@ -435,6 +435,8 @@ static int cpu_scale(tensor *y, const tensor *x, float s)
 /* dx[M,K] = dy[M,N] w[N,K]: the forward's GEMM with w untransposed. */
 static int cpu_linear_backward(tensor *dx, const tensor *dy, const tensor *w)
 {
+    if (!dx->n)
+        return 0;
     int64_t N = w->shape[0], K = w->shape[1], M = dx->n / K;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)K, (int)N,
                 1.0f, CF(dy), (int)N, CF(w), (int)K, 0.0f, F(dx), (int)K);
@@ -443,15 +445,16 @@ static int cpu_linear_backward(tensor *dx, const tensor *dy, const tensor *w)
 
 /*
  * The normalisation backward shared by LayerNorm and GroupNorm, for one set
- * of n values normalised together: with xhat = (x - mean) * rstd and
- * e = dy * gamma (gamma per run of `run` values),
+ * of n = runs * run values normalised together, gamma[c] applying to run c:
+ * with xhat = (x - mean) * rstd and e = dy * gamma,
  *   dx = rstd * (e - mean(e) - xhat * mean(e * xhat)).
  * Every pass reads x[i] and dy[i] before dx[i] is written, so dx may alias
  * either.
  */
 static void norm_backward(float *dx, const float *dy, const float *x, const float *gamma,
-                          int64_t n, int64_t run, float eps)
+                          int64_t runs, int64_t run, float eps)
 {
+    int64_t n = runs * run;
     double sum = 0, sq = 0;
     for (int64_t i = 0; i < n; i++)
         sum += x[i];
@@ -461,22 +464,27 @@ static void norm_backward(float *dx, const float *dy, const float *x, const floa
     /* The forward's biased variance and eps. */
     double rstd = 1.0 / sqrt(sq / (double)n + eps);
     double se = 0, sex = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double e = (double)dy[i] * gamma[i / run];
-        se += e;
-        sex += e * (x[i] - mean) * rstd;
-    }
+    for (int64_t c = 0; c < runs; c++)
+        for (int64_t i = c * run; i < (c + 1) * run; i++) {
+            double e = (double)dy[i] * gamma[c];
+            se += e;
+            sex += e * (x[i] - mean) * rstd;
+        }
     double me = se / (double)n, mex = sex / (double)n;
-    for (int64_t i = 0; i < n; i++) {
-        double xhat = (x[i] - mean) * rstd;
-        dx[i] = (float)(rstd * ((double)dy[i] * gamma[i / run] - me - xhat * mex));
-    }
+    for (int64_t c = 0; c < runs; c++)
+        for (int64_t i = c * run; i < (c + 1) * run; i++) {
+            double xhat = (x[i] - mean) * rstd;
+            dx[i] = (float)(rstd * ((double)dy[i] * gamma[c] - me - xhat * mex));
+        }
 }
 
 static int cpu_layernorm_backward(tensor *dx, const tensor *dy, const tensor *x,
                                   const tensor *g, float eps)
 {
+    if (!x->n)
+        return 0;
     int64_t D = x->shape[x->ndim - 1], M = x->n / D;
+    /* One run per element: gamma varies along the row. */
 #pragma omp parallel for if (M * D > 65536)
     for (int64_t i = 0; i < M; i++)
         norm_backward(F(dx) + i * D, CF(dy) + i * D, CF(x) + i * D, CF(g), D, 1, eps);
@@ -486,13 +494,16 @@ static int cpu_layernorm_backward(tensor *dx, const tensor *dy, const tensor *x,
 static int cpu_group_norm_backward(tensor *dx, const tensor *dy, const tensor *x,
                                    const tensor *g, int groups, float eps)
 {
+    if (!x->n)
+        return 0;
     int64_t B = x->shape[0], C = x->shape[1], S = x->n / (B * C), cg = C / groups;
+    /* One run per channel of the group. */
 #pragma omp parallel for collapse(2) if (x->n > 65536)
     for (int64_t n = 0; n < B; n++)
         for (int64_t grp = 0; grp < groups; grp++) {
             int64_t off = (n * C + grp * cg) * S;
-            norm_backward(F(dx) + off, CF(dy) + off, CF(x) + off, CF(g) + grp * cg, cg * S,
-                          S, eps);
+            norm_backward(F(dx) + off, CF(dy) + off, CF(x) + off, CF(g) + grp * cg, cg, S,
+                          eps);
         }
     return 0;
 }
@@ -538,6 +549,8 @@ static int cpu_silu_backward(tensor *dx, const tensor *dy, const tensor *x)
 /* y = val * gelu(gate): dval = dy gelu(gate), dgate = dy val gelu'(gate). */
 static int cpu_geglu_backward(tensor *dx, const tensor *dy, const tensor *x)
 {
+    if (!dy->n)
+        return 0;
     int64_t width = dy->shape[dy->ndim - 1], M = dy->n / width;
 #pragma omp parallel for if (dy->n > 65536)
     for (int64_t r = 0; r < M; r++) {
@@ -573,6 +586,12 @@ static int cpu_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tens
     int64_t B = q->shape[0], T = q->shape[1], S = k->shape[1];
     int64_t C = q->shape[2], Cv = v->shape[2];
     int64_t hd = C / heads, hdv = Cv / heads;
+    memset(F(dk), 0, (size_t)dk->n * sizeof(float));
+    memset(F(dv), 0, (size_t)dv->n * sizeof(float));
+    if (!T || !S) {
+        memset(F(dq), 0, (size_t)dq->n * sizeof(float));
+        return 0;
+    }
     int64_t rows = ATTN_BLOCK_FLOATS / S;
     if (rows < 1)
         rows = 1;
@@ -585,8 +604,6 @@ static int cpu_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tens
         free(dp);
         return COIN_ENOMEM;
     }
-    memset(F(dk), 0, (size_t)dk->n * sizeof(float));
-    memset(F(dv), 0, (size_t)dv->n * sizeof(float));
     float scale = 1.0f / sqrtf((float)hd);
     for (int64_t b = 0; b < B; b++)
         for (int h = 0; h < heads; h++)
@@ -658,6 +675,8 @@ static int cpu_conv2d_backward_input(tensor *dx, const tensor *dy, const tensor 
     int64_t Co = w->shape[0], KH = w->shape[2], KW = w->shape[3];
     int64_t Ho = dy->shape[2], Wo = dy->shape[3], K = Ci * KH * KW;
     int pointwise = KH == 1 && KW == 1 && stride == 1 && !pad[0] && !pad[1] && !pad[2] && !pad[3];
+    if (!dx->n)
+        return 0;
     if (pointwise) {
         /* dx[Ci, HW] = w^T[Ci, Co] dy[Co, HW] per image. */
         for (int64_t n = 0; n < B; n++)

@@ -523,7 +523,7 @@ static void detect_version(checkpoint *ck, int hf_clip, int open_clip,
         ctx = json_int(unet_config, "cross_attention_dim", 0);
     else {
         const ckpt_tensor *k =
-            checkpoint_find(ck, COMP_UNET, "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight");
+            checkpoint_find(ck, COMP_UNET, "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight");
         if (k && k->ndim == 2)
             ctx = k->shape[1];
     }

@@ -10,15 +10,8 @@
 #include <strings.h>
 
 #include "fileio.h"
+#include "pickle_pt.h"
 #include "safetensors.h"
-
-static const char PT_HELP[] =
-    "coin reads embeddings only as safetensors (pickle files can run code). "
-    "Convert it once where torch is installed: python3 -c \"import sys,torch,"
-    "safetensors.torch as st; d=torch.load(sys.argv[1],map_location='cpu',"
-    "weights_only=True); v=d['string_to_param']['*'] if 'string_to_param' in d "
-    "else next(iter(d.values())); st.save_file({'emb_params':v.float().contiguous()},"
-    "sys.argv[2])\" IN.pt OUT.safetensors";
 
 /* The file name without directory and extension. */
 static char *file_stem(const char *path)
@@ -40,8 +33,26 @@ int embedding_load(ti_embedding *e, const char *path, const char *token_override
 {
     memset(e, 0, sizeof *e);
     const char *ext = path_ext(path);
-    if (!strcasecmp(ext, "pt") || !strcasecmp(ext, "bin") || !strcasecmp(ext, "ckpt"))
-        return coin_fail(err, COIN_EUNSUPPORTED, "%s is a pickle embedding. %s", path, PT_HELP);
+    if (!strcasecmp(ext, "pt") || !strcasecmp(ext, "bin") || !strcasecmp(ext, "ckpt")) {
+        /* torch.save files, through a reader that executes nothing. */
+        char *key = NULL;
+        int n = 0, rc = pt_load_embedding(path, &key, &e->vectors, &n, &e->width, err);
+        if (rc)
+            return rc;
+        e->n_vectors = n;
+        e->token = token_override ? strdup(token_override) : key ? strdup(key) : file_stem(path);
+        free(key);
+        e->path = strdup(path);
+        if (!e->token || !e->path) {
+            embedding_free(e);
+            return coin_fail(err, COIN_ENOMEM, "out of memory");
+        }
+        if (n > 75) {
+            embedding_free(e);
+            return coin_fail(err, COIN_EFORMAT, "%s: %d vectors; at most 75 fit a prompt", path, n);
+        }
+        return 0;
+    }
     st_file *f;
     int rc = st_open(&f, path, err);
     if (rc)

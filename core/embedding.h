@@ -8,8 +8,8 @@
  *              trigger is the key)
  *   kohya      {"emb_params": F32 [N, D]} (sd-scripts, AUTOMATIC1111 and
  *              stable-diffusion.cpp read it; the trigger is the file's stem)
- * Pickle .pt/.bin embeddings are refused with the conversion command, as
- * model files are.  Multi-vector triggers use diffusers' convention: the
+ * AUTOMATIC1111's .pt files and diffusers' learned_embeds.bin (torch.save)
+ * are read too, by pickle_pt.c, which executes nothing.  Multi-vector triggers use diffusers' convention: the
  * extra vectors are the tokens "<tok>_1" ... "<tok>_{N-1}", and a prompt's
  * "<tok>" is expanded to "<tok> <tok>_1 ... <tok>_{N-1}".
  */

@@ -6,8 +6,10 @@
  * turned into RGB here, following PIL's per-mode rules, so the result is
  * what PIL's .convert("RGB") gives and does not depend on libpng's
  * transform semantics.  JPEG, BMP and GIF go through stb_image (restricted
- * to those formats, its warnings kept out of -Wall -Wextra), after a check
- * that the file is not truncated, which stb would not notice.
+ * to those formats, its warnings kept out of -Wall -Wextra), after checks
+ * stb does not make itself: that the file is not truncated (stb would decode
+ * zeros) and that a JPEG's Huffman tables are sound (stb 2.27 overruns memory
+ * on some malformed ones; found by fuzzing).
  * Dimensions are checked against the hostile-file limits from the header
  * before any pixel memory is allocated.
  *

@@ -157,6 +157,7 @@ typedef struct pt {
     size_t nmarks;
     uint32_t *memo;
     size_t memo_cap, memo_count;
+    size_t all_items;           /* against PT_MAX_ALL_ITEMS */
 } pt;
 
 static uint16_t rd16(const unsigned char *p) { return (uint16_t)(p[0] | p[1] << 8); }
@@ -632,19 +633,13 @@ static const char *kind_name(pt *r, uint32_t i)
     return i == NOREF ? "nothing" : names[r->v[i].kind];
 }
 
+/* r->v never moves (run_pickle sizes it once), so a pv pointer stays valid
+ * across new_value. */
 static int new_value(pt *r, int kind, uint32_t *out)
 {
-    if (r->nv == PT_MAX_VALUES)
+    if (r->nv == r->vcap)
         return pfail(r, COIN_EUNSUPPORTED, "the pickle makes more than %d objects, far more "
                      "than an embedding has", PT_MAX_VALUES);
-    if (r->nv == r->vcap) {
-        size_t nc = r->vcap ? r->vcap * 2 : 64;
-        pv *q = realloc(r->v, nc * sizeof *q);
-        if (!q)
-            return pfail(r, COIN_ENOMEM, "out of memory");
-        r->v = q;
-        r->vcap = nc;
-    }
     memset(&r->v[r->nv], 0, sizeof *r->v);
     r->v[r->nv].kind = (uint8_t)kind;
     *out = (uint32_t)r->nv++;
@@ -680,10 +675,24 @@ static int top(pt *r, uint32_t *i)
     return 0;
 }
 
-/* Appends item to container c (a tuple, list or set), within the limit. */
+/* Counts one more container item: set(list) copies a list, so without a
+ * total a few bytes of pickle could make many large copies. */
+static int count_item(pt *r)
+{
+    if (r->all_items == PT_MAX_ALL_ITEMS)
+        return pfail(r, COIN_EUNSUPPORTED, "the pickle's containers hold more than %u items "
+                     "in all, far more than an embedding has", PT_MAX_ALL_ITEMS);
+    r->all_items++;
+    return 0;
+}
+
+/* Appends item to container c (a tuple, list or set), within the limits. */
 static int add_item(pt *r, uint32_t c, uint32_t item)
 {
     pv *v = &r->v[c];
+    int rc = count_item(r);
+    if (rc)
+        return rc;
     if (v->n == PT_MAX_ITEMS)
         return pfail(r, COIN_EUNSUPPORTED, "%s grows beyond %d items", kind_name(r, c),
                      PT_MAX_ITEMS);
@@ -729,6 +738,9 @@ static int dict_set(pt *r, uint32_t d, uint32_t k, uint32_t val)
         }
     if (v->n == PT_MAX_DICT)
         return pfail(r, COIN_EUNSUPPORTED, "a dict grows beyond %d entries", PT_MAX_DICT);
+    int rc = count_item(r);
+    if (rc)
+        return rc;
     if (v->n == v->cap) {
         uint32_t nc = v->cap ? v->cap * 2 : 4;
         uint32_t *q = realloc(v->u.items, 2 * (size_t)nc * sizeof *q);
@@ -781,7 +793,7 @@ static int push_global(pt *r, const unsigned char *mod, size_t ml, const unsigne
     for (size_t i = 0; i < sizeof allowed / sizeof *allowed; i++)
         if (strlen(allowed[i].module) == ml && memcmp(allowed[i].module, mod, ml) == 0 &&
             strlen(allowed[i].name) == nl && memcmp(allowed[i].name, name, nl) == 0) {
-            uint32_t g;
+            uint32_t g = NOREF;
             int rc = new_value(r, K_GLOBAL, &g);
             if (rc)
                 return rc;
@@ -810,14 +822,14 @@ static int need(pt *r, size_t n)
 
 static int push_new(pt *r, int kind)
 {
-    uint32_t i;
+    uint32_t i = NOREF;
     int rc = new_value(r, kind, &i);
     return rc ? rc : push(r, i);
 }
 
 static int push_int(pt *r, int64_t x)
 {
-    uint32_t i;
+    uint32_t i = NOREF;
     int rc = new_value(r, K_INT, &i);
     if (rc)
         return rc;
@@ -827,7 +839,7 @@ static int push_int(pt *r, int64_t x)
 
 static int push_str(pt *r, uint64_t len)
 {
-    uint32_t i;
+    uint32_t i = NOREF;
     int rc = need(r, len > SIZE_MAX ? SIZE_MAX : (size_t)len);
     if (rc || (rc = new_value(r, K_STR, &i)))
         return rc;
@@ -839,7 +851,7 @@ static int push_str(pt *r, uint64_t len)
 
 static int memo_put(pt *r, uint64_t idx)
 {
-    uint32_t t;
+    uint32_t t = NOREF;
     int rc = top(r, &t);
     if (rc)
         return rc;
@@ -876,7 +888,7 @@ static int tuple_from_mark(pt *r)
     if (!r->nmarks)
         return pfail(r, COIN_EFORMAT, "no MARK is open");
     size_t m = r->marks[--r->nmarks];
-    uint32_t t;
+    uint32_t t = NOREF;
     int rc = new_value(r, K_TUPLE, &t);
     for (size_t i = m; !rc && i < r->sp; i++)
         rc = add_item(r, t, r->stack[i]);
@@ -886,7 +898,7 @@ static int tuple_from_mark(pt *r)
 
 static int tuple_of(pt *r, int k)
 {
-    uint32_t t, items[3];
+    uint32_t t = NOREF, items[3];
     int rc = 0;
     for (int i = k - 1; i >= 0 && !rc; i--)
         rc = pop(r, &items[i]);
@@ -988,7 +1000,7 @@ static int rebuild_tensor(pt *r, uint32_t args, uint32_t *out)
     if (overflow || (count > 0 && last >= numel) || (count == 0 && off > numel))
         return pfail(r, COIN_EFORMAT, "_rebuild_tensor_v2: the tensor reaches beyond its "
                      "storage of %" PRIu64 " elements (offset %" PRIu64 ")", numel, off);
-    uint32_t t;
+    uint32_t t = NOREF;
     if ((rc = new_value(r, K_TENSOR, &t)))
         return rc;
     pv *tv = &r->v[t];
@@ -1081,7 +1093,7 @@ static int op_persid(pt *r)
                      "bytes, but its zip entry is %" PRIu64 " bytes", show(kb, key, kl), numel,
                      elem_size(g), e->usize);
     const unsigned char *d;
-    uint32_t s;
+    uint32_t s = NOREF;
     if ((rc = entry_read(r, e, &d)) || (rc = new_value(r, K_STORAGE, &s)))
         return rc;
     r->v[s].sub = (uint8_t)g;
@@ -1228,8 +1240,8 @@ static int step(pt *r, int *stop)
         r->pos += 4;
         return memo_get(r, rd32(r->pk + r->pos - 4));
     case 'c': {                 /* GLOBAL */
-        const unsigned char *m, *n;
-        size_t ml, nl;
+        const unsigned char *m = NULL, *n = NULL;
+        size_t ml = 0, nl = 0;
         if ((rc = read_line(r, &m, &ml)) || (rc = read_line(r, &n, &nl)))
             return rc;
         return push_global(r, m, ml, n, nl);
@@ -1296,6 +1308,11 @@ static int run_pickle(pt *r, uint32_t *result)
     r->pk_len = (size_t)e->usize;
     if (rc)
         return rc;
+    /* No opcode makes more than one value, so this is enough, and the
+     * array is allocated once: pointers into it stay valid. */
+    r->vcap = r->pk_len < PT_MAX_VALUES ? r->pk_len : PT_MAX_VALUES;
+    if (!(r->v = malloc((r->vcap + 1) * sizeof *r->v)))
+        return zfail(r, COIN_ENOMEM, "out of memory");
     if (r->pk_len == 0 || r->pk[0] != 0x80)
         return zfail(r, COIN_EFORMAT, "its data.pkl is %s; expected a pickle beginning with "
                      "PROTO (0x80)", r->pk_len ? "not a pickle" : "empty");
@@ -1338,11 +1355,13 @@ static int tensor_out(pt *r, uint32_t t, const char *where, float **vectors, int
                      "or [D]", where, nd);
     int64_t rows = nd == 2 ? tv->u.t.size[0] : 1, cols = tv->u.t.size[nd - 1];
     int64_t rs = nd == 2 ? tv->u.t.stride[0] : 0, cs = tv->u.t.stride[nd - 1];
-    if (rows < 1 || cols < 1 || rows > INT32_MAX || (uint64_t)rows * (uint64_t)cols > PT_MAX_FLOATS)
+    uint64_t total;
+    if (rows < 1 || cols < 1 || rows > INT32_MAX ||
+        __builtin_mul_overflow((uint64_t)rows, (uint64_t)cols, &total) || total > PT_MAX_FLOATS)
         return zfail(r, COIN_EFORMAT, "not an embedding: %s is [%" PRId64 ", %" PRId64 "]; "
                      "expected at least one vector and at most %u values", where, rows, cols,
                      PT_MAX_FLOATS);
-    float *out = malloc((size_t)(rows * cols) * sizeof *out);
+    float *out = malloc((size_t)total * sizeof *out);
     if (!out)
         return zfail(r, COIN_ENOMEM, "out of memory");
     /* rebuild_tensor proved every index below lies inside the storage */

@@ -44,6 +44,7 @@
 #define PT_MAX_MEMO 16384                /* memo slots (BINPUT index bound) */
 #define PT_MAX_ITEMS 4096                /* items of one tuple, list or set */
 #define PT_MAX_DICT 256                  /* entries of one dict */
+#define PT_MAX_ALL_ITEMS (1u << 18)      /* items and entries of all containers */
 #define PT_MAX_DIMS 8                    /* tensor dimensions */
 #define PT_MAX_FLOATS (1u << 26)         /* N * D of the embedding */
 

@@ -407,15 +407,23 @@ static int overlaps(const tensor *a, const tensor *b)
 #define CHECK_APART(op, out, in)                                                 \
     do {                                                                         \
         if (overlaps(out, in))                                                   \
-            return coin_fail(err, COIN_EINVAL,                                   \
-                             op ": the output " #out " shares memory with the "   \
-                             "input " #in "; give it a tensor of its own");       \
+            return coin_fail(err, COIN_EINVAL, op ": " #out " and " #in          \
+                             " share memory; give " #out " a tensor of its own"); \
     } while (0)
+
+/* The rows of a [..., D] tensor: all dims but the last (0 / 0 safe). */
+static int64_t lead_dims(const tensor *t)
+{
+    int64_t n = 1;
+    for (int i = 0; i < t->ndim - 1; i++)
+        n *= t->shape[i];
+    return n;
+}
 
 /* Same element count and the same last dimension. */
 static int same_rows(const tensor *a, const tensor *b)
 {
-    return a->n == b->n && last_dim(a) == last_dim(b);
+    return a->n == b->n && last_dim(a) == last_dim(b) && lead_dims(a) == lead_dims(b);
 }
 
 static int same_shape(const tensor *a, const tensor *b)
@@ -435,7 +443,7 @@ int op_linear_backward(tensor *dx, const tensor *dy, const tensor *w, coin_error
     if (w->ndim != 2 || last_dim(dy) != w->shape[0])
         return shape_fail(err, "linear_backward", "gradient width differs from weight rows",
                           dy, w);
-    if (last_dim(dx) != w->shape[1] || dx->n / last_dim(dx) != dy->n / last_dim(dy))
+    if (last_dim(dx) != w->shape[1] || lead_dims(dx) != lead_dims(dy))
         return shape_fail(err, "linear_backward", "input gradient shape does not fit", dx, w);
     CHECK_APART("linear_backward", dx, dy);
     CHECK_APART("linear_backward", dx, w);
@@ -514,7 +522,7 @@ int op_geglu_backward(tensor *dx, const tensor *dy, const tensor *x, coin_error 
     CHECK_ON("geglu_backward", dx, dy);
     CHECK_ON("geglu_backward", dx, x);
     int64_t in = last_dim(x), out = last_dim(dy);
-    if (in != 2 * out || dy->n / out != x->n / in)
+    if (in != 2 * out || lead_dims(dy) != lead_dims(x))
         return shape_fail(err, "geglu_backward",
                           "saved input must be twice as wide as the gradient", x, dy);
     if (!same_rows(dx, x))
@@ -557,10 +565,11 @@ int op_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tensor *dout
     for (int o = 0; o < 3; o++) {
         for (int i = 0; i < 4; i++)
             if (overlaps(out[o], in[i]))
-                return coin_fail(err, COIN_EINVAL, "%s: output %s shares memory with input "
-                                 "%s; give it a tensor of its own", op,
+                return coin_fail(err, COIN_EINVAL, "%s: %s and %s share memory; give %s a "
+                                 "tensor of its own", op,
                                  (const char *[]){"dq", "dk", "dv"}[o],
-                                 (const char *[]){"dout", "q", "k", "v"}[i]);
+                                 (const char *[]){"dout", "q", "k", "v"}[i],
+                                 (const char *[]){"dq", "dk", "dv"}[o]);
         for (int p = o + 1; p < 3; p++)
             if (overlaps(out[o], out[p]))
                 return coin_fail(err, COIN_EINVAL, "%s: outputs dq, dk and dv must not "

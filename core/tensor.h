@@ -112,17 +112,18 @@ typedef struct tensor {
     X(geglu, (tensor *y, const tensor *x))                                      \
     X(scale, (tensor *y, const tensor *x, float s))                             \
     X(linear_backward, (tensor *dx, const tensor *dy, const tensor *w))         \
-    X(layernorm_backward, (tensor *dx, const tensor *dy, const tensor *x,      \
+    X(layernorm_backward, (tensor *dx, const tensor *dy, const tensor *x,       \
                            const tensor *g, float eps))                         \
-    X(group_norm_backward, (tensor *dx, const tensor *dy, const tensor *x,     \
+    X(group_norm_backward, (tensor *dx, const tensor *dy, const tensor *x,      \
                             const tensor *g, int groups, float eps))            \
     X(gelu_backward, (tensor *dx, const tensor *dy, const tensor *x))           \
     X(quick_gelu_backward, (tensor *dx, const tensor *dy, const tensor *x))     \
     X(silu_backward, (tensor *dx, const tensor *dy, const tensor *x))           \
     X(geglu_backward, (tensor *dx, const tensor *dy, const tensor *x))          \
     X(attention_backward, (tensor *dq, tensor *dk, tensor *dv,                  \
-                           const tensor *dout, const tensor *q, const tensor *k,\
-                           const tensor *v, int heads, int causal))             \
+                           const tensor *dout, const tensor *q,                 \
+                           const tensor *k, const tensor *v, int heads,         \
+                           int causal))                                         \
     X(conv2d_backward_input, (tensor *dx, const tensor *dy, const tensor *w,    \
                               int stride, const int pad[4]))                    \
     X(upsample2x_backward, (tensor *dx, const tensor *dy))                      \

@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "fileio.h"
+#include "unet_internal.h"
 
 #define TRY(expr)                 \
     do {                          \
@@ -32,61 +33,6 @@
     } while (0)
 
 #define CONFIG_MAX_BYTES (1 << 20)
-#define MAX_LAYERS 16           /* resnets per down block, a sanity bound */
-#define MAX_DEPTH 16            /* transformer blocks per attention */
-
-/* diffusers' fixed constants for these models (Transformer2DModel and
- * BasicTransformerBlock defaults). */
-#define TRANSFORMER_GN_EPS 1e-6f
-#define LAYERNORM_EPS 1e-5f
-#define FF_MULT 4
-
-/* ResnetBlock2D: norm1 -> SiLU -> conv1 -> + time_emb_proj(SiLU(temb)) ->
- * norm2 -> SiLU -> conv2 -> + (conv_shortcut of) the input. */
-typedef struct resnet {
-    int cin, cout;
-    tensor norm1_w, norm1_b, conv1_w, conv1_b, temb_w, temb_b;
-    tensor norm2_w, norm2_b, conv2_w, conv2_b;
-    tensor skip_w, skip_b;      /* 1x1, only when cin != cout */
-} resnet;
-
-/* BasicTransformerBlock (layer_norm, self-attn, cross-attn, GEGLU FF). */
-typedef struct tblock {
-    tensor ln1_w, ln1_b, q1_w, k1_w, v1_w, o1_w, o1_b;
-    tensor ln2_w, ln2_b, q2_w, k2_w, v2_w, o2_w, o2_b;
-    tensor ln3_w, ln3_b, ff1_w, ff1_b, ff2_w, ff2_b;
-} tblock;
-
-/* Transformer2DModel over continuous input.  proj_in/proj_out are kept as
- * [C, C] matrices either way: a 1x1 convolution applied before the
- * flatten to tokens is the same product as a linear layer applied after. */
-typedef struct transformer {
-    int channels, heads, depth;
-    tensor norm_w, norm_b, proj_in_w, proj_in_b, proj_out_w, proj_out_b;
-    tblock blocks[MAX_DEPTH];
-} transformer;
-
-typedef struct level {
-    int n_res;                  /* layers_per_block down, + 1 up */
-    resnet res[MAX_LAYERS + 1];
-    transformer *attn;          /* n_res of them, or NULL */
-    tensor sample_w, sample_b;  /* downsampler / upsampler conv, if any */
-    int has_sample;
-} level;
-
-struct unet_model {
-    unet_config cfg;
-    const coin_backend *be;
-    tensor conv_in_w, conv_in_b, t1_w, t1_b, t2_w, t2_b;
-    level down[UNET_MAX_LEVELS], up[UNET_MAX_LEVELS];
-    resnet mid_res[2];
-    transformer mid_attn;
-    tensor norm_out_w, norm_out_b, conv_out_w, conv_out_b;
-    /* Every loaded tensor, for unet_free. */
-    tensor **owned;
-    size_t n_owned, cap_owned;
-};
-
 /* ------------------------------------------------------------------ */
 /* Loading                                                            */
 /* ------------------------------------------------------------------ */
@@ -853,39 +799,40 @@ static void timestep_features(float *dst, const float *timesteps, int B, int dim
     }
 }
 
-int unet_forward(const unet_model *m, const tensor *x, const float *timesteps,
-                 const tensor *ctx, tensor *out, coin_error *err)
+int unet_check_inputs(const unet_model *m, const tensor *x, const tensor *ctx,
+                      const char *fn, coin_error *err)
 {
     const unet_config *c = &m->cfg;
     const coin_backend *be = m->be;
-    enum { MAX_SKIPS = 1 + UNET_MAX_LEVELS * (MAX_LAYERS + 1) };
-    tensor skips[MAX_SKIPS];
-    int n_skips = 0;
-    tensor tf = {0}, temb = {0}, tact = {0}, h = {0}, h2 = {0}, cat = {0};
-    float *host = NULL;
-    int rc = 0;
-    memset(out, 0, sizeof *out);
-    memset(skips, 0, sizeof skips);
-
     char sx[96], sc[96];
     int64_t mult = (int64_t)1 << (c->levels - 1);
     if (x->ndim != 4 || x->shape[1] != c->in_channels || x->shape[2] % mult ||
         x->shape[3] % mult || x->shape[0] < 1)
-        return coin_fail(err, COIN_ESHAPE, "unet_forward: input %s must be [B, %d, H, W] with "
-                         "H and W multiples of %lld", tensor_shape_str(x, sx, sizeof sx),
+        return coin_fail(err, COIN_ESHAPE, "%s: input %s must be [B, %d, H, W] with "
+                         "H and W multiples of %lld", fn, tensor_shape_str(x, sx, sizeof sx),
                          c->in_channels, (long long)mult);
     if (ctx->ndim != 3 || ctx->shape[0] != x->shape[0] || ctx->shape[2] != c->context_dim)
-        return coin_fail(err, COIN_ESHAPE, "unet_forward: context %s does not fit input %s "
-                         "(want [%lld, tokens, %d])", tensor_shape_str(ctx, sc, sizeof sc),
+        return coin_fail(err, COIN_ESHAPE, "%s: context %s does not fit input %s "
+                         "(want [%lld, tokens, %d])", fn, tensor_shape_str(ctx, sc, sizeof sc),
                          tensor_shape_str(x, sx, sizeof sx), (long long)x->shape[0],
                          c->context_dim);
     if (x->be != be || ctx->be != be)
-        return coin_fail(err, COIN_EINVAL, "unet_forward: inputs are on the %s backend, the "
-                         "model on %s", x->be->name, be->name);
-    int64_t B = x->shape[0], H = x->shape[2], W = x->shape[3];
+        return coin_fail(err, COIN_EINVAL, "%s: inputs are on the %s backend, the "
+                         "model on %s", fn, x->be->name, be->name);
+    return 0;
+}
 
-    /* Time embedding: features on the host, the MLP on the backend, and the
-     * SiLU every ResNet applies to it done once. */
+int unet_time_embedding(const unet_model *m, const float *timesteps, int64_t B, tensor *tact,
+                        coin_error *err)
+{
+    const unet_config *c = &m->cfg;
+    const coin_backend *be = m->be;
+    tensor tf = {0}, temb = {0};
+    float *host = NULL;
+    int rc = 0;
+    memset(tact, 0, sizeof *tact);
+    /* Features on the host, the MLP on the backend, and the SiLU every
+     * ResNet applies to it done once. */
     host = malloc((size_t)(B * c->time_dim) * sizeof(float));
     if (!host)
         return coin_fail(err, COIN_ENOMEM, "out of memory");
@@ -895,11 +842,36 @@ int unet_forward(const unet_model *m, const tensor *x, const float *timesteps,
     TRY(tensor_alloc2(&temb, be, B, c->temb_dim, err));
     TRY(op_linear(&temb, &tf, &m->t1_w, &m->t1_b, err));
     TRY(op_silu(&temb, &temb, err));
-    TRY(tensor_alloc2(&tact, be, B, c->temb_dim, err));
-    TRY(op_linear(&tact, &temb, &m->t2_w, &m->t2_b, err));
-    TRY(op_silu(&tact, &tact, err));
+    TRY(tensor_alloc2(tact, be, B, c->temb_dim, err));
+    TRY(op_linear(tact, &temb, &m->t2_w, &m->t2_b, err));
+    TRY(op_silu(tact, tact, err));
+done:
     tensor_free(&tf);
     tensor_free(&temb);
+    free(host);
+    if (rc)
+        tensor_free(tact);
+    return rc;
+}
+
+int unet_forward(const unet_model *m, const tensor *x, const float *timesteps,
+                 const tensor *ctx, tensor *out, coin_error *err)
+{
+    const unet_config *c = &m->cfg;
+    const coin_backend *be = m->be;
+    enum { MAX_SKIPS = 1 + UNET_MAX_LEVELS * (MAX_LAYERS + 1) };
+    tensor skips[MAX_SKIPS];
+    int n_skips = 0;
+    tensor tact = {0}, h = {0}, h2 = {0}, cat = {0};
+    int rc = 0;
+    memset(out, 0, sizeof *out);
+    memset(skips, 0, sizeof skips);
+
+    if ((rc = unet_check_inputs(m, x, ctx, "unet_forward", err)))
+        return rc;
+    int64_t B = x->shape[0], H = x->shape[2], W = x->shape[3];
+
+    TRY(unet_time_embedding(m, timesteps, B, &tact, err));
 
     /* Down: every resnet(+attention) output and every downsampler output is
      * a skip, as is conv_in's output; the last one is also the input of the
@@ -962,13 +934,10 @@ int unet_forward(const unet_model *m, const tensor *x, const float *timesteps,
 done:
     for (int i = 0; i < MAX_SKIPS; i++)
         tensor_free(&skips[i]);
-    tensor_free(&tf);
-    tensor_free(&temb);
     tensor_free(&tact);
     tensor_free(&h);
     tensor_free(&h2);
     tensor_free(&cat);
-    free(host);
     if (rc)
         tensor_free(out);
     return rc;

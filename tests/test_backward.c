@@ -189,8 +189,8 @@ static void fd_check_range(const char *what, fwd *f, float *x, int64_t n, const 
     omp_set_num_threads(omp_threads);
     openblas_set_num_threads(blas_threads);
     CHECK_MSG(worst <= FD_RTOL,
-              "%s: finite differences disagree by %.3g (tolerance %g) at %lld: %.6g vs %.6g",
-              what, worst, FD_RTOL, (long long)worst_i, worst_fd,
+              "%s: finite differences disagree by %.3g (tolerance %g) at %lld: "
+              "%.6g, backward %.6g", what, worst, FD_RTOL, (long long)worst_i, worst_fd,
               worst_i >= 0 ? grad[worst_i] : 0.0);
 }
 
@@ -241,7 +241,7 @@ TEST(backward_linear)
     /* An output over its own input is refused. */
     tensor sq = make_out(2, (int64_t[]){N, N});
     CHECK_EQ_INT(op_linear_backward(&sq, &sq, &sq, &err), COIN_EINVAL);
-    CHECK_STR_CONTAINS(err.msg, "shares memory");
+    CHECK_STR_CONTAINS(err.msg, "share memory");
     tensor_free(&dy), tensor_free(&tw), tensor_free(&dx), tensor_free(&bad), tensor_free(&sq);
     free(x), free(w), free(r), free(got);
 }
@@ -359,7 +359,11 @@ TEST(backward_group_norm)
 
 /* ---- element-wise activations ---- */
 
-static double gelu_d(double x) { return 0.5 * erfc(-x / sqrt(2)) + x * exp(-x * x / 2) / sqrt(2 * M_PI); }
+/* Phi(x) + x phi(x) */
+static double gelu_d(double x)
+{
+    return 0.5 * erfc(-x / sqrt(2)) + x * exp(-x * x / 2) / sqrt(2 * M_PI);
+}
 static double sig(double x) { return 1 / (1 + exp(-x)); }
 static double quick_gelu_d(double x)
 {
@@ -427,7 +431,8 @@ TEST(backward_geglu)
     double want[M * 2 * HALF];
     for (int m = 0; m < M; m++)
         for (int j = 0; j < HALF; j++) {
-            double val = x[m * 2 * HALF + j], gate = x[m * 2 * HALF + HALF + j], dy = r[m * HALF + j];
+            double val = x[m * 2 * HALF + j], gate = x[m * 2 * HALF + HALF + j];
+            double dy = r[m * HALF + j];
             want[m * 2 * HALF + j] = dy * gate * 0.5 * erfc(-gate / sqrt(2));
             want[m * 2 * HALF + HALF + j] = dy * val * gelu_d(gate);
         }
@@ -584,7 +589,7 @@ TEST(backward_attention)
     CHECK_EQ_INT(op_attention_backward(&dk, &dq, &dv, &dy, &q, &k, &v, 2, 0, &err), COIN_ESHAPE);
     CHECK_STR_CONTAINS(err.msg, "dq must have q's shape");
     CHECK_EQ_INT(op_attention_backward(&dq, &dk, &dv, &dq, &q, &k, &v, 2, 0, &err), COIN_EINVAL);
-    CHECK_STR_CONTAINS(err.msg, "output dq shares memory with input dout");
+    CHECK_STR_CONTAINS(err.msg, "dq and dout share memory");
     CHECK_EQ_INT(op_attention_backward(&dq, &dk, &dk, &dy, &q, &k, &v, 2, 0, &err), COIN_EINVAL);
     tensor_free(&q), tensor_free(&k), tensor_free(&v), tensor_free(&dy);
     tensor_free(&dq), tensor_free(&dk), tensor_free(&dv);
@@ -664,27 +669,28 @@ static void check_conv_backward(int B, int Ci, int H, int W, int Co, int K, int 
 
 TEST(backward_conv2d_input)
 {
-    check_conv_backward(2, 3, 9, 7, 5, 3, 1, (int[]){1, 1, 1, 1}, FD_SAMPLES);    /* UNet/VAE 3x3 */
-    check_conv_backward(1, 4, 10, 10, 6, 3, 2, (int[]){1, 1, 1, 1}, FD_SAMPLES);  /* UNet downsample */
-    check_conv_backward(1, 3, 9, 11, 2, 3, 2, (int[]){1, 1, 1, 1}, FD_SAMPLES);   /* odd, stride 2 */
-    check_conv_backward(1, 4, 10, 10, 6, 3, 2, (int[]){0, 1, 0, 1}, FD_SAMPLES);  /* VAE downsample */
-    check_conv_backward(2, 3, 7, 6, 2, 3, 1, (int[]){0, 0, 0, 0}, FD_SAMPLES);    /* no padding */
-    check_conv_backward(2, 8, 5, 6, 3, 1, 1, (int[]){0, 0, 0, 0}, FD_SAMPLES);    /* 1x1 shortcut */
+    int same[4] = {1, 1, 1, 1}, vae[4] = {0, 1, 0, 1}, none[4] = {0, 0, 0, 0};
+    check_conv_backward(2, 3, 9, 7, 5, 3, 1, same, FD_SAMPLES);   /* UNet/VAE 3x3 */
+    check_conv_backward(1, 4, 10, 10, 6, 3, 2, same, FD_SAMPLES); /* UNet downsample */
+    check_conv_backward(1, 3, 9, 11, 2, 3, 2, same, FD_SAMPLES);  /* odd, stride 2 */
+    check_conv_backward(1, 4, 10, 10, 6, 3, 2, vae, FD_SAMPLES);  /* VAE downsample */
+    check_conv_backward(2, 3, 7, 6, 2, 3, 1, none, FD_SAMPLES);   /* no padding */
+    check_conv_backward(2, 8, 5, 6, 3, 1, 1, none, FD_SAMPLES);   /* 1x1 shortcut */
 
     coin_error err = {0};
     float z[2 * 3 * 4 * 4] = {0};
     tensor dx = make(4, (int64_t[]){1, 2, 4, 4}, z), w = make(4, (int64_t[]){3, 2, 3, 3}, z);
     tensor dy = make(4, (int64_t[]){1, 3, 4, 4}, z), w3 = make(4, (int64_t[]){3, 3, 3, 3}, z);
-    REQUIRE_OK(op_conv2d_backward_input(&dx, &dy, &w, 1, (int[]){1, 1, 1, 1}, &err), &err);
+    REQUIRE_OK(op_conv2d_backward_input(&dx, &dy, &w, 1, same, &err), &err);
     /* The kernel's input channels must be dx's. */
-    CHECK_EQ_INT(op_conv2d_backward_input(&dx, &dy, &w3, 1, (int[]){1, 1, 1, 1}, &err),
+    CHECK_EQ_INT(op_conv2d_backward_input(&dx, &dy, &w3, 1, same, &err),
                  COIN_ESHAPE);
     CHECK_STR_CONTAINS(err.msg, "[1, 2, 4, 4]");
     /* dy must be what the forward would give for dx's size. */
-    CHECK_EQ_INT(op_conv2d_backward_input(&dx, &dy, &w, 2, (int[]){1, 1, 1, 1}, &err),
+    CHECK_EQ_INT(op_conv2d_backward_input(&dx, &dy, &w, 2, same, &err),
                  COIN_ESHAPE);
     CHECK_STR_CONTAINS(err.msg, "forward output");
-    CHECK_EQ_INT(op_conv2d_backward_input(&dx, &dy, &w, 0, (int[]){1, 1, 1, 1}, &err),
+    CHECK_EQ_INT(op_conv2d_backward_input(&dx, &dy, &w, 0, same, &err),
                  COIN_EINVAL);
     tensor_free(&dx), tensor_free(&w), tensor_free(&dy), tensor_free(&w3);
 }
@@ -781,7 +787,7 @@ TEST(backward_split)
     front.shape[1] = CA;
     front.n = B * CA * S;
     CHECK_EQ_INT(op_split(&front, &db, &dy, &err), COIN_EINVAL);
-    CHECK_STR_CONTAINS(err.msg, "shares memory");
+    CHECK_STR_CONTAINS(err.msg, "share memory");
     tensor_free(&dy), tensor_free(&da), tensor_free(&db), tensor_free(&wide);
     free(a), free(b), free(r), free(ga), free(gb);
 }

@@ -128,9 +128,26 @@ TEST(embedding_wrong_width_and_bad_files_are_refused)
     CHECK_STR_CONTAINS(err.msg, "dog");
     pipeline_free(p);
     ti_embedding e;
-    snprintf(path, sizeof path, "%s/old.pt", dir);
-    CHECK_EQ_INT(embedding_load(&e, path, NULL, &err), COIN_EUNSUPPORTED);
-    CHECK_STR_CONTAINS(err.msg, "emb_params");
+    snprintf(path, sizeof path, "%s/missing.pt", dir);
+    CHECK(embedding_load(&e, path, NULL, &err) != 0);
+    CHECK_STR_CONTAINS(err.msg, "missing.pt");
     /* A model file is not an embedding. */
     CHECK_EQ_INT(embedding_load(&e, SD1, NULL, &err), COIN_EFORMAT);
+}
+
+TEST(embedding_loads_a1111_pt_and_diffusers_bin)
+{
+    coin_error err = {0};
+    ti_embedding e;
+    /* AUTOMATIC1111 names the trigger after the file. */
+    REQUIRE_OK(embedding_load(&e, "tests/golden/pt/a1111_3vec_f16.pt", NULL, &err), &err);
+    CHECK(!strcmp(e.token, "a1111_3vec_f16"));
+    CHECK_EQ_INT(e.n_vectors, 3);
+    embedding_free(&e);
+    /* diffusers' learned_embeds.bin: the key is the trigger. */
+    REQUIRE_OK(embedding_load(&e, "tests/golden/pt/diffusers_2vec.bin", NULL, &err), &err);
+    CHECK(e.token[0] != '\0' && strcmp(e.token, "diffusers_2vec") != 0);
+    CHECK_EQ_INT(e.n_vectors, 2);
+    embedding_free(&e);
+    CHECK(embedding_load(&e, "tests/golden/pt/evil_builtins_eval.pt", NULL, &err) != 0);
 }

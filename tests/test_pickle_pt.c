@@ -494,6 +494,14 @@ TEST(pickle_pt_machine_rules)
     REFUSED(p, COIN_EUNSUPPORTED, "more than 16384 objects");
     start(p); op(p, ']'); for (int i = 0; i < 4100; i++) { op(p, 'N'); op(p, 'a'); } op(p, '.');
     REFUSED(p, COIN_EUNSUPPORTED, "a list grows beyond 4096 items");
+    /* set(list) copies: many sets of one long list hit the total */
+    start(p); op(p, ']'); op(p, 'q'); op(p, 0);
+    for (int i = 0; i < 4000; i++) { op(p, 'N'); op(p, 'a'); }
+    for (int i = 0; i < 80; i++) {
+        global(p, "builtins", "set"); op(p, 'h'); op(p, 0); op(p, 0x85); op(p, 'R'); op(p, 'a');
+    }
+    op(p, '.');
+    REFUSED(p, COIN_EUNSUPPORTED, "containers hold more than 262144 items in all");
     start(p); op(p, 'N'); op(p, '.'); op(p, 'N');
     REFUSED(p, COIN_EFORMAT, "1 bytes follow the end of the pickle");
     start(p); op(p, 'N'); op(p, 'N'); op(p, '.');

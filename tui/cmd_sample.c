@@ -91,16 +91,6 @@ static int on_hash(uint64_t done, uint64_t total, void *ctx)
     return 0;
 }
 
-/* The file whose hash names the model: the single file, or a folder's UNet
- * weights (what AUTOMATIC1111 would have loaded had it been one file). */
-static const char *model_file(const checkpoint *ck)
-{
-    for (size_t i = 0; i < ck->n_tensors; i++)
-        if (ck->tensors[i].comp == COMP_UNET)
-            return ck->tensors[i].file->path;
-    return ck->files[0]->path;
-}
-
 static int hash_file(const char *path, const char *what, char hex[65], coin_error *err)
 {
     uint8_t digest[32];
@@ -362,7 +352,7 @@ int cmd_sample(int argc, char **argv)
         fprintf(stderr, "warning: the prompt is longer than 75 tokens; %d token%s dropped: "
                 "\"%s\"\n", tr.n_dropped, tr.n_dropped == 1 ? " was" : "s were",
                 tr.dropped_at >= 0 ? a.prompt + tr.dropped_at : "");
-    if (hash_file(model_file(p->ck), "the model", h.model, &err))
+    if (hash_file(pipeline_model_file(p), "the model", h.model, &err))
         goto done;
     for (int i = 0; i < p->n_embeddings; i++)
         if (hash_file(p->embeddings[i].path, p->embeddings[i].token, h.embeddings[i], &err))

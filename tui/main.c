@@ -19,13 +19,14 @@ static const char USAGE[] =
     "  encode               run the text encoder on a prompt, save the hidden states\n"
     "  sample               text to image: PNGs that carry how they were made\n"
     "  show IMAGE.png       how an image was made (AUTOMATIC1111 text, coin recipe)\n"
+    "  train                textual inversion: learn a trigger word from images\n"
     "  help                 this text\n"
     "\n"
     "MODEL is a single-file .safetensors checkpoint (SD 1.x or 2.x, LDM layout) or\n"
     "a diffusers folder.  Pickle .ckpt/.pt files are refused with the command that\n"
     "converts them.\n"
     "\n"
-    "Not built yet: training, the run ledger and the workbench.\n";
+    "Not built yet: the run ledger, the worker and the workbench.\n";
 
 int cli_report(const coin_error *err)
 {
@@ -64,6 +65,7 @@ int main(int argc, char **argv)
         {"encode", cmd_encode},
         {"sample", cmd_sample},
         {"show", cmd_show},
+        {"train", cmd_train},
     };
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(cmd, commands[i].name))

@@ -9,6 +9,10 @@
 # is made on first use in tools/reference/out/unet_sd15_full/.  Slow on few cores: each forward
 # is about 1.6 TFLOP.
 #
+# On a machine shared with other work, run it as  OMP_WAIT_POLICY=passive sh tools/bench/...:
+# with the default (spinning) OpenMP waits, an oversubscribed CPU made coin's forward 2.5x slower
+# in one A/B run (95 s against 37 s at load average 6).  The environment reaches both sides.
+#
 # coin's side is tools/bench/bench_unet.c, a standalone program linked against build/libcoin.a
 # with the same libraries as bin/coin (the Makefile's LDLIBS: OpenMP OpenBLAS where installed);
 # this script builds it with

@@ -146,10 +146,10 @@ def f32(t):
 manifest, expected, written = [], {}, []
 
 
-def save_valid(name, obj, token, out_dir=OUT, pt_bytes=None, weights_only=True):
+def save_valid(name, obj, token, out_dir=OUT, pt_bytes=None, weights_only=True, **save_kw):
     path = os.path.join(out_dir, name)
     if pt_bytes is None:
-        torch.save(obj, path)       # the archive's folder is the file's stem, as for users
+        torch.save(obj, path, **save_kw)    # the archive's folder is the file's stem, as for users
     else:
         open(path, "wb").write(pt_bytes)
     d = torch.load(path, map_location="cpu", weights_only=weights_only)
@@ -242,7 +242,8 @@ def main():
     save_valid("diffusers_f16.bin", {"<x>": torch.randn(4, 16).half()}, "<x>")
     # CPU training saves a view of the whole token matrix: the storage is bigger than the tensor
     save_valid("diffusers_view.bin", {"<v>": torch.randn(16, 32)[5:7]}, "<v>")
-    save_valid("tensor_p4_strided.bin", torch.randn(16, 3).t(), "-")   # protocol 4, transposed
+    save_valid("tensor_p4_strided.bin", torch.randn(16, 3).t(), "-", pickle_protocol=4,
+               weights_only=False)     # transposed; torch's safe loader has no FRAME
     save_valid("tensor_f64.bin", torch.randn(2, 8, dtype=torch.float64), "-")
     save_valid("kohya_emb_params.pt", {"emb_params": torch.randn(2, 16)}, "-")
 
@@ -369,7 +370,8 @@ def main():
         {"*": torch.nn.Parameter(small)})}, "-", CORPUS, weights_only=False)
     save_valid("valid_diffusers_1d.bin", {"<t>": torch.randn(8)}, "<t>", CORPUS)
     save_valid("valid_view.bin", {"<v>": torch.randn(6, 4)[2:4]}, "<v>", CORPUS)
-    save_valid("valid_p4_strided.bin", torch.randn(8, 2).t(), "-", CORPUS)
+    save_valid("valid_p4_strided.bin", torch.randn(8, 2).t(), "-", CORPUS, pickle_protocol=4,
+               weights_only=False)
     spkl = diffusers_pkl("<z>", tensor("FloatStorage", "0", 16, 0, (2, 8), (8, 1)))
     save_valid("valid_zip64.pt", None, "<z>", CORPUS, pt_bytes=torch_zip("valid_zip64", spkl,
                                                                          {"0": f32(small)}, zip64=True))
