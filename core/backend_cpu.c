@@ -202,43 +202,55 @@ static int attention_blocks(tensor *o, const tensor *q, const tensor *k,
         rows = 1;
     if (rows > T)
         rows = T;
-    float *score = malloc((size_t)(rows * S) * sizeof(float));
-    if (!score)
-        return COIN_ENOMEM;
+    int64_t blocks = (T + rows - 1) / rows, tasks = B * heads * blocks;
     float scale = 1.0f / sqrtf((float)hd);
-    for (int64_t b = 0; b < B; b++)
-        for (int h = 0; h < heads; h++)
-            for (int64_t i0 = 0; i0 < T; i0 += rows) {
-                int64_t n = T - i0 < rows ? T - i0 : rows;
-                const float *qb = CF(q) + (b * T + i0) * C + h * hd;
-                const float *kb = CF(k) + b * S * C + h * hd;
-                const float *vb = CF(v) + b * S * Cv + h * hdv;
-                float *ob = F(o) + (b * T + i0) * Cv + h * hdv;
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)S, (int)hd,
-                            scale, qb, (int)C, kb, (int)C, 0.0f, score, (int)S);
-#pragma omp parallel for
-                for (int64_t r = 0; r < n; r++) {
-                    float *row = score + r * S;
-                    int64_t keys = causal ? i0 + r + 1 : S;
-                    float max = -INFINITY;
-                    for (int64_t j = 0; j < keys; j++)
-                        max = row[j] > max ? row[j] : max;
-                    double denom = 0;
-                    for (int64_t j = 0; j < keys; j++) {
-                        row[j] = expf(row[j] - max);
-                        denom += row[j];
-                    }
-                    float inv = (float)(1.0 / denom);
-                    for (int64_t j = 0; j < keys; j++)
-                        row[j] *= inv;
-                    for (int64_t j = keys; j < S; j++)
-                        row[j] = 0.0f;
+    int failed = 0;
+    /* One task per (batch, head, block of query rows), each on one thread
+     * with its own score buffer: inside a parallel region OpenBLAS (the
+     * OpenMP build) runs each GEMM single-threaded, which beats splitting
+     * every small GEMM across the cores. */
+#pragma omp parallel
+    {
+        float *score = malloc((size_t)(rows * S) * sizeof(float));
+        if (!score) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(dynamic)
+        for (int64_t task = 0; task < tasks; task++) {
+            if (!score)
+                continue;
+            int64_t b = task / (heads * blocks), h = task / blocks % heads;
+            int64_t i0 = task % blocks * rows, n = T - i0 < rows ? T - i0 : rows;
+            const float *qb = CF(q) + (b * T + i0) * C + h * hd;
+            const float *kb = CF(k) + b * S * C + h * hd;
+            const float *vb = CF(v) + b * S * Cv + h * hdv;
+            float *ob = F(o) + (b * T + i0) * Cv + h * hdv;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)S, (int)hd,
+                        scale, qb, (int)C, kb, (int)C, 0.0f, score, (int)S);
+            for (int64_t r = 0; r < n; r++) {
+                float *row = score + r * S;
+                int64_t keys = causal ? i0 + r + 1 : S;
+                float max = -INFINITY;
+                for (int64_t j = 0; j < keys; j++)
+                    max = row[j] > max ? row[j] : max;
+                float denom = 0;
+                for (int64_t j = 0; j < keys; j++) {
+                    row[j] = expf(row[j] - max);
+                    denom += row[j];
                 }
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)hdv, (int)S,
-                            1.0f, score, (int)S, vb, (int)Cv, 0.0f, ob, (int)Cv);
+                float inv = 1.0f / denom;
+                for (int64_t j = 0; j < keys; j++)
+                    row[j] *= inv;
+                for (int64_t j = keys; j < S; j++)
+                    row[j] = 0.0f;
             }
-    free(score);
-    return 0;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)hdv, (int)S,
+                        1.0f, score, (int)S, vb, (int)Cv, 0.0f, ob, (int)Cv);
+        }
+        free(score);
+    }
+    return failed ? COIN_ENOMEM : 0;
 }
 
 static int cpu_attention(tensor *o, const tensor *q, const tensor *k,
