@@ -141,6 +141,8 @@ PROMPT ?= a photo of a cat giving a thumbs up
 run: bin/coin
 	bin/coin info $(MODEL)
 	bin/coin encode --model $(MODEL) --prompt "$(PROMPT)" --out $(BUILD)/encoded.safetensors
+	bin/coin sample --model $(MODEL) --prompt "$(PROMPT)" --steps 20 --out $(BUILD)/sample.png
+	bin/coin show $(BUILD)/sample.png
 
 info:
 	@echo "CC=$(CC) NVCC=$(if $(NVCC),$(NVCC),none) CUDA sources: $(words $(CUDA_SRC))"
