@@ -75,7 +75,9 @@ int embedding_load(ti_embedding *e, const char *path, const char *token_override
                            path, f->n_tensors);
             goto out;
         }
-        key = t->name;
+        /* AUTOMATIC1111's dict flattened into safetensors names the vectors
+         * "string_to_param.*"; its trigger, like kohya's, is the file name. */
+        key = strncmp(t->name, "string_to_param", 15) ? t->name : NULL;
     }
     if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16) {
         rc = coin_fail(err, COIN_EFORMAT, "%s: tensor '%s' is %s, not a float type", path,
@@ -126,8 +128,8 @@ int embedding_save(const char *path, embedding_format fmt, const char *token,
     if (!w)
         return coin_fail(err, COIN_ENOMEM, "out of memory");
     int64_t shape[2] = {n, width};
-    int rc = st_writer_add(w, fmt == EMB_KOHYA ? "emb_params" : token, ST_F32, 2, shape,
-                           vectors, err);
+    const char *key = fmt == EMB_KOHYA ? "emb_params" : fmt == EMB_A1111 ? "string_to_param.*" : token;
+    int rc = st_writer_add(w, key, ST_F32, 2, shape, vectors, err);
     /* diffusers saves with {"format": "pt"}; readers expect it. */
     if (!rc)
         rc = st_writer_meta(w, "format", "pt", err);

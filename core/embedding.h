@@ -8,6 +8,8 @@
  *              trigger is the key)
  *   kohya      {"emb_params": F32 [N, D]} (sd-scripts, AUTOMATIC1111 and
  *              stable-diffusion.cpp read it; the trigger is the file's stem)
+ *   a1111      {"string_to_param.*": F32 [N, D]}, AUTOMATIC1111's .pt dict
+ *              flattened (the trigger is the file's stem)
  * AUTOMATIC1111's .pt files and diffusers' learned_embeds.bin (torch.save)
  * are read too, by pickle_pt.c, which executes nothing.  Multi-vector triggers use diffusers' convention: the
  * extra vectors are the tokens "<tok>_1" ... "<tok>_{N-1}", and a prompt's
@@ -34,7 +36,9 @@ int embedding_load(ti_embedding *e, const char *path, const char *token_override
                    coin_error *err);
 void embedding_free(ti_embedding *e);
 
-typedef enum embedding_format { EMB_DIFFUSERS, EMB_KOHYA } embedding_format;
+/* diffusers {token: [N, D]}; kohya {"emb_params": [N, D]}; AUTOMATIC1111's
+ * dict flattened {"string_to_param.*": [N, D]} (both named by the file). */
+typedef enum embedding_format { EMB_DIFFUSERS, EMB_KOHYA, EMB_A1111 } embedding_format;
 
 /* Writes vectors [n, width] as a safetensors embedding, atomically, with
  * metadata pairs meta[2k] = key, meta[2k+1] = value (n_meta pairs). */

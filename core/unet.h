@@ -7,7 +7,8 @@
  * fp32.  Everything else - levels, channels, layers per block, which levels
  * have attention, head counts - is read from the weights and configs, so the
  * tiny test models and the full-size ones run the same code.  Weights are
- * canonical (diffusers) names from checkpoint.h.
+ * canonical (diffusers) names from checkpoint.h.  For training, a traced
+ * forward pass and the backward pass to the conditioning (unet_backward.c).
  */
 #ifndef COIN_UNET_H
 #define COIN_UNET_H

@@ -101,6 +101,14 @@ TEST(embedding_multi_vector_triggers_expand)
     CHECK(!memcmp(a, b, sizeof a));
     pipeline_free(p);
 
+    /* AUTOMATIC1111's flattened dict: the file names the trigger. */
+    snprintf(path, sizeof path, "%s/thumbs.safetensors", test_tmpdir());
+    REQUIRE_OK(embedding_save(path, EMB_A1111, NULL, rows, 3, 16, NULL, 0, &err), &err);
+    REQUIRE_OK(embedding_load(&e, path, NULL, &err), &err);
+    CHECK(!strcmp(e.token, "thumbs"));
+    CHECK(!memcmp(e.vectors, rows, sizeof rows));
+    embedding_free(&e);
+
     char *out;
     REQUIRE_OK(embedding_expand_prompt("x <t> y <t>", "<t>", 2, &out, &err), &err);
     CHECK(!strcmp(out, "x <t> <t>_1 y <t> <t>_1"));
