@@ -123,7 +123,7 @@ static int attention_rows(tensor *o, const tensor *q, const tensor *k,
 #pragma omp parallel
     {
         float *score = malloc((size_t)S * sizeof(float));
-        double *acc = malloc((size_t)hdv * sizeof(double));
+        float *acc = malloc((size_t)hdv * sizeof(float));
         if (!score || !acc) {
 #pragma omp atomic write
             failed = 1;
@@ -134,11 +134,11 @@ static int attention_rows(tensor *o, const tensor *q, const tensor *k,
                 if (!score || !acc)
                     continue;
                 int64_t b = bh / heads, h = bh % heads;
-                const float *qi = CF(q) + (b * T + i) * C + h * hd;
+                const float *restrict qi = CF(q) + (b * T + i) * C + h * hd;
                 int64_t n_keys = causal ? i + 1 : S;
                 float max = -INFINITY;
                 for (int64_t j = 0; j < n_keys; j++) {
-                    const float *kj = CF(k) + (b * S + j) * C + h * hd;
+                    const float *restrict kj = CF(k) + (b * S + j) * C + h * hd;
                     float dot = 0;
                     for (int64_t d = 0; d < hd; d++)
                         dot += qi[d] * kj[d];
@@ -146,7 +146,7 @@ static int attention_rows(tensor *o, const tensor *q, const tensor *k,
                     if (score[j] > max)
                         max = score[j];
                 }
-                double denom = 0;
+                float denom = 0;
                 for (int64_t j = 0; j < n_keys; j++) {
                     score[j] = expf(score[j] - max);
                     denom += score[j];
@@ -154,13 +154,14 @@ static int attention_rows(tensor *o, const tensor *q, const tensor *k,
                 for (int64_t d = 0; d < hdv; d++)
                     acc[d] = 0;
                 for (int64_t j = 0; j < n_keys; j++) {
-                    const float *vj = CF(v) + (b * S + j) * Cv + h * hdv;
+                    const float *restrict vj = CF(v) + (b * S + j) * Cv + h * hdv;
+                    float p = score[j];
                     for (int64_t d = 0; d < hdv; d++)
-                        acc[d] += (double)score[j] * vj[d];
+                        acc[d] += p * vj[d];
                 }
-                float *oi = F(o) + (b * T + i) * Cv + h * hdv;
+                float *oi = F(o) + (b * T + i) * Cv + h * hdv, inv = 1.0f / denom;
                 for (int64_t d = 0; d < hdv; d++)
-                    oi[d] = (float)(acc[d] / denom);
+                    oi[d] = acc[d] * inv;
             }
         free(score);
         free(acc);

@@ -864,6 +864,14 @@ int st_parse(st_file **out, const void *buf, size_t len, const char *name, coin_
     return rc;
 }
 
+void st_release_pages(const st_file *f)
+{
+    /* The mapping is read-only and file-backed: dropped pages come back from
+     * the file (or the page cache) if a tensor is read again. */
+    if (f && f->map)
+        madvise(f->map, f->map_len, MADV_DONTNEED);
+}
+
 void st_close(st_file *f)
 {
     if (!f)
