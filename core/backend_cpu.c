@@ -140,6 +140,8 @@ static int attention_rows(tensor *o, const tensor *q, const tensor *k,
                 for (int64_t j = 0; j < n_keys; j++) {
                     const float *restrict kj = CF(k) + (b * S + j) * C + h * hd;
                     float dot = 0;
+                    /* simd: lets the compiler split the sum across lanes. */
+#pragma omp simd reduction(+ : dot)
                     for (int64_t d = 0; d < hd; d++)
                         dot += qi[d] * kj[d];
                     score[j] = dot * scale;
@@ -156,6 +158,7 @@ static int attention_rows(tensor *o, const tensor *q, const tensor *k,
                 for (int64_t j = 0; j < n_keys; j++) {
                     const float *restrict vj = CF(v) + (b * S + j) * Cv + h * hdv;
                     float p = score[j];
+#pragma omp simd
                     for (int64_t d = 0; d < hdv; d++)
                         acc[d] += p * vj[d];
                 }
