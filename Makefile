@@ -22,7 +22,7 @@ BLAS_DIR := $(wildcard /usr/lib/x86_64-linux-gnu/openblas-openmp)
 ifneq ($(BLAS_DIR),)
 LDLIBS  += -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR)
 endif
-LDLIBS  += -lopenblas -lcjson -lutf8proc -lpng -lz -lm -fopenmp
+LDLIBS  += -lopenblas -lcjson -lutf8proc -lpng -lsqlite3 -lz -lm -fopenmp
 
 NVCC    ?= $(shell command -v nvcc 2>/dev/null)
 FUZZ_SECONDS ?= 30
@@ -31,11 +31,13 @@ FUZZ_HALF = $(shell expr \( $(FUZZ_SECONDS) + 1 \) / 2)
 
 BUILD   := build
 CORE_SRC := $(wildcard core/*.c)
+DB_SRC   := $(wildcard db/*.c)
 TUI_SRC  := $(wildcard tui/*.c)
 TEST_SRC := $(wildcard tests/*.c)
 CUDA_SRC := $(wildcard cuda/*.cu)
 
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o) $(BUILD)/vocab_blob.o $(BUILD)/assets_blob.o
+DB_OBJ   := $(DB_SRC:%.c=$(BUILD)/%.o)
 TUI_OBJ  := $(TUI_SRC:%.c=$(BUILD)/%.o)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 
@@ -94,13 +96,14 @@ $(BUILD)/libcoin.a: $(CORE_OBJ) $(CUDA_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-bin/coin: $(TUI_OBJ) $(BUILD)/libcoin.a
+# The ledger (db/) sits between the front end and the engine: tui -> db -> core.
+bin/coin: $(TUI_OBJ) $(DB_OBJ) $(BUILD)/libcoin.a
 	@mkdir -p bin
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(TUI_OBJ) $(BUILD)/libcoin.a $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(TUI_OBJ) $(DB_OBJ) $(BUILD)/libcoin.a $(LDLIBS)
 
-bin/coin_tests: $(TEST_OBJ) $(BUILD)/libcoin.a
+bin/coin_tests: $(TEST_OBJ) $(DB_OBJ) $(BUILD)/libcoin.a
 	@mkdir -p bin
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(TEST_OBJ) $(BUILD)/libcoin.a $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(TEST_OBJ) $(DB_OBJ) $(BUILD)/libcoin.a $(LDLIBS)
 
 # The fuzz target: libFuzzer (clang) over the safetensors reader.  UBSan is
 # made fatal, or undefined behaviour would only be printed and pass.
