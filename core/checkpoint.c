@@ -148,8 +148,13 @@ int checkpoint_read_f32(const checkpoint *ck, const ckpt_tensor *t, float *dst,
         return coin_fail(err, COIN_ESHAPE, "%s: tensor '%s' has %llu values, not %llu",
                          t->file->path, t->name, (unsigned long long)t->nelem,
                          (unsigned long long)n);
-    if (t->row_begin == 0 && t->nelem == t->src->nelem)
-        return st_tensor_to_f32(t->file, t->src, dst, n, err);
+    if (t->row_begin == 0 && t->nelem == t->src->nelem) {
+        int rc = st_tensor_to_f32(t->file, t->src, dst, n, err);
+        /* Models read each tensor once into backend memory: the mapped file
+         * pages would otherwise double the weights' share of memory. */
+        st_release_pages(t->file, t->src);
+        return rc;
+    }
     /* A row slice of a fused tensor: view the slice as a tensor of its own. */
     st_tensor slice = *t->src;
     uint64_t row = t->src->nelem / (uint64_t)t->src->shape[0];

@@ -63,10 +63,11 @@ int st_parse(st_file **out, const void *buf, size_t len, const char *name,
 /* Releases everything st_open/st_parse made; NULL is fine. */
 void st_close(st_file *f);
 
-/* Tells the kernel the mapped file's pages are not needed now, so they stop
- * counting in this process's memory once the weights are converted into
- * backend tensors; reading a tensor later still works. */
-void st_release_pages(const st_file *f);
+/* Tells the kernel that the mapped pages of tensor t (or of the whole file
+ * when t is NULL) are not needed now, so they stop counting in this
+ * process's memory once converted into backend tensors; reading the tensor
+ * again still works. */
+void st_release_pages(const st_file *f, const st_tensor *t);
 
 /* The tensor called name, or NULL. */
 const st_tensor *st_find(const st_file *f, const char *name);

@@ -77,9 +77,6 @@ int pipeline_open(sd_pipeline **out, const char *model, sd_version force_version
     TRY(clip_load(&p->clip, p->ck, be, err));
     TRY(unet_load(&p->unet, p->ck, be, err));
     TRY(vae_load(&p->vae, p->ck, be, err));
-    /* Every weight now lives in backend tensors: drop the mapped copies. */
-    for (int i = 0; i < p->ck->n_files; i++)
-        st_release_pages(p->ck->files[i]);
     p->vae_factor = 1 << (vae_get_config(p->vae)->levels - 1);
     p->unet_multiple = 1 << (unet_get_config(p->unet)->levels - 1);
     if (unet_get_config(p->unet)->context_dim != p->clip->cfg.width) {
