@@ -14,7 +14,7 @@
 static int run(const char *cmd, char *out, size_t len)
 {
     char full[4096];
-    snprintf(full, sizeof full, "%s 2>&1", cmd);
+    snprintf(full, sizeof full, "{ %s; } 2>&1", cmd);
     FILE *p = popen(full, "r");
     if (!p)
         return -1;
@@ -204,4 +204,51 @@ TEST(cli_sample_refuses_bad_values_before_work)
     CHECK_EQ_INT(run(cmd, out, sizeof out), 1);
     CHECK_STR_CONTAINS(out, "Karras");
     CHECK_EQ_INT(run("bin/coin show tests/golden/sd1/model.safetensors", out, sizeof out), 1);
+}
+
+#include "core/image.h"
+
+TEST(cli_train_runs_resumes_and_refuses_bad_input)
+{
+    const char *dir = test_tmpdir();
+    char images[700], out_dir[700], cmd[2048], path[800];
+    snprintf(images, sizeof images, "%s/images", dir);
+    snprintf(out_dir, sizeof out_dir, "%s/run", dir);
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s'", images);
+    REQUIRE(system(cmd) == 0);
+    for (int i = 0; i < 2; i++) {
+        coin_image img;
+        coin_error err = {0};
+        REQUIRE_OK(image_alloc(&img, 64, 64, 3, &err), &err);
+        for (int p = 0; p < 64 * 64 * 3; p++)
+            img.pixels[p] = (uint8_t)(p * (i + 3) % 251);
+        snprintf(path, sizeof path, "%s/%d.png", images, i);
+        int rc = image_write_png(path, &img, NULL, 0, &err);
+        image_free(&img);
+        REQUIRE_OK(rc, &err);
+    }
+    snprintf(cmd, sizeof cmd, "bin/coin train --model tests/golden/sd1/model.safetensors "
+             "--images %s --token '<thumbs-up>' --init hand --steps 2 --batch 1 --save-every 1 "
+             "--previews 0 --out %s", images, out_dir);
+    CHECK_EQ_INT(run(cmd, out, sizeof out), 0);
+    CHECK_STR_CONTAINS(out, "encoding image 2/2");
+    CHECK_STR_CONTAINS(out, "learned_embeds.safetensors");
+    snprintf(cmd, sizeof cmd, "bin/coin train --resume %s --steps 3", out_dir);
+    CHECK_EQ_INT(run(cmd, out, sizeof out), 0);
+    snprintf(path, sizeof path, "%s/learned_embeds-steps-3.safetensors", out_dir);
+    FILE *f = fopen(path, "rb");
+    CHECK(f != NULL);
+    if (f)
+        fclose(f);
+    /* The trained trigger works in coin sample. */
+    snprintf(cmd, sizeof cmd, "bin/coin sample --model tests/golden/sd1/model.safetensors "
+             "--prompt 'a <thumbs-up>' --steps 2 --embedding %s/learned_embeds.safetensors "
+             "--out %s/s.png && bin/coin show %s/s.png", out_dir, dir, dir);
+    CHECK_EQ_INT(run(cmd, out, sizeof out), 0);
+    CHECK_STR_CONTAINS(out, "TI hashes: \"<thumbs-up>: ");
+    CHECK_EQ_INT(run("bin/coin train --model x", out, sizeof out), 2);
+    CHECK_STR_CONTAINS(out, "--images");
+    snprintf(cmd, sizeof cmd, "bin/coin train --resume %s/nowhere", dir);
+    CHECK_EQ_INT(run(cmd, out, sizeof out), 1);
+    CHECK_STR_CONTAINS(out, "no run to resume");
 }
