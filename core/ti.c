@@ -530,6 +530,14 @@ done:
     return rc;
 }
 
+/* The learning rate of optimizer step `step` (0-based): scaled as diffusers'
+ * --scale_lr does, then shaped by the schedule. */
+static double lr_at(const ti_config *c, int step)
+{
+    double lr = c->lr * (c->scale_lr ? (double)c->batch * c->grad_accum : 1.0);
+    return lr * ti_lr_factor(c->schedule, step, c->warmup, c->steps);
+}
+
 /* Result of one optimizer step. */
 enum { STEP_OK, STEP_SKIPPED };
 
@@ -572,9 +580,7 @@ static int optimizer_step(trainer *t, double *loss_out, int *outcome, coin_error
         for (int64_t i = 0; i < nr; i++)
             grad[i] *= coef;
     }
-    double lr = c->lr * (c->scale_lr ? (double)c->batch * c->grad_accum : 1.0);
-    lr *= ti_lr_factor(c->schedule, t->step, c->warmup, c->steps);
-    ti_adamw_step(t->rows, grad, t->m, t->v, nr, t->step + 1, lr);
+    ti_adamw_step(t->rows, grad, t->m, t->v, nr, t->step + 1, lr_at(c, t->step));
     TRY(clip_set_token_rows(t->p->clip, t->first_id, t->rows, c->vectors, err));
 done:
     tensor_free(&drows);
@@ -930,8 +936,7 @@ static int run(trainer *t, ti_report_fn report, void *ctx, ti_result *res, coin_
     if (fresh)
         fprintf(csv, "step,loss,lr\n");
     while (t->step < c->steps && !rc) {
-        double loss = 0, lr = c->lr * (c->scale_lr ? (double)c->batch * c->grad_accum : 1.0) *
-                          ti_lr_factor(c->schedule, t->step, c->warmup, c->steps);
+        double loss = 0, lr = lr_at(c, t->step);
         int outcome;
         if ((rc = optimizer_step(t, &loss, &outcome, err)))
             break;
