@@ -1,0 +1,968 @@
+/*
+ * ledger.c - the run ledger on SQLite (see ledger.h).
+ *
+ * The schema lives in the migrations table below: migration i takes a
+ * database from user_version i to i + 1, so a database from any older coin
+ * is brought forward step by step inside one IMMEDIATE transaction, and two
+ * processes opening a fresh file at once cannot both migrate it.  Every
+ * statement that carries user data is prepared and bound; only the fixed
+ * schema text goes through sqlite3_exec.  Write transactions start with
+ * BEGIN IMMEDIATE: a deferred transaction that later wants to write can fail
+ * with SQLITE_BUSY at once, without the busy handler being consulted, when
+ * another connection wrote in between; taking the write lock up front lets
+ * the busy timeout do its job.
+ */
+#include "db/ledger.h"
+
+#include <errno.h>
+#include <math.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+/* How long a writer waits for another writer before giving up.  Loss batches
+ * commit in milliseconds, so this is only reached when something is wrong. */
+#define LEDGER_BUSY_MS 10000
+
+struct ledger {
+    sqlite3 *db;
+    char *path;
+};
+
+static const char *const migrations[LEDGER_SCHEMA_VERSION] = {
+    /* 0 -> 1: the first schema. */
+    "CREATE TABLE models("
+    "  id INTEGER PRIMARY KEY,"
+    "  path TEXT NOT NULL,"
+    "  sha256 TEXT NOT NULL UNIQUE,"
+    "  version INTEGER NOT NULL DEFAULT 0,"
+    "  added_at INTEGER NOT NULL);"
+    "CREATE TABLE runs("
+    "  id INTEGER PRIMARY KEY,"
+    "  kind TEXT NOT NULL CHECK(kind IN ('train','sample')),"
+    "  config_json TEXT NOT NULL DEFAULT '{}' CHECK(json_valid(config_json)),"
+    "  trigger TEXT,"
+    "  initializer TEXT,"
+    "  model_id INTEGER REFERENCES models(id),"
+    "  images_dir TEXT,"
+    "  image_hashes_json TEXT NOT NULL DEFAULT '[]' CHECK(json_valid(image_hashes_json)),"
+    "  backend TEXT,"
+    "  precision TEXT,"
+    "  threads INTEGER NOT NULL DEFAULT 0,"
+    "  coin_version TEXT,"
+    "  host TEXT,"
+    "  status TEXT NOT NULL DEFAULT 'queued' CHECK(status IN"
+    "    ('queued','running','paused','stopped','done','failed','interrupted')),"
+    "  steps_planned INTEGER NOT NULL DEFAULT 0,"
+    "  step_reached INTEGER NOT NULL DEFAULT 0,"
+    "  created_at INTEGER NOT NULL,"
+    "  started_at INTEGER,"
+    "  ended_at INTEGER,"
+    "  error TEXT);"
+    "CREATE INDEX runs_status ON runs(status);"
+    /* WITHOUT ROWID: the (run, step) key is the table's own b-tree, so a
+     * curve is one range scan with the values in the leaves. */
+    "CREATE TABLE losses("
+    "  run INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,"
+    "  step INTEGER NOT NULL,"
+    "  loss REAL,"              /* NULL: a NaN loss (SQLite stores NaN as NULL) */
+    "  lr REAL,"
+    "  PRIMARY KEY(run, step)) WITHOUT ROWID;"
+    "CREATE TABLE checkpoints("
+    "  id INTEGER PRIMARY KEY,"
+    "  run INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,"
+    "  step INTEGER NOT NULL,"
+    "  path TEXT NOT NULL,"
+    "  sha256 TEXT,"
+    "  created_at INTEGER NOT NULL,"
+    "  UNIQUE(run, step));"
+    "CREATE TABLE samples("
+    "  id INTEGER PRIMARY KEY,"
+    "  run INTEGER REFERENCES runs(id) ON DELETE SET NULL,"
+    "  checkpoint INTEGER REFERENCES checkpoints(id) ON DELETE SET NULL,"
+    "  prompt TEXT NOT NULL,"
+    "  negative TEXT,"
+    "  seed TEXT NOT NULL,"     /* decimal uint64: INTEGER would wrap past 2^63 */
+    "  steps INTEGER NOT NULL,"
+    "  guidance REAL NOT NULL,"
+    "  sampler TEXT,"
+    "  schedule TEXT,"
+    "  width INTEGER NOT NULL,"
+    "  height INTEGER NOT NULL,"
+    "  rng TEXT,"
+    "  model_sha256 TEXT,"
+    "  embeddings_json TEXT NOT NULL DEFAULT '[]' CHECK(json_valid(embeddings_json)),"
+    "  image_path TEXT,"
+    "  image_sha256 TEXT,"
+    "  created_at INTEGER NOT NULL);"
+    "CREATE INDEX samples_run ON samples(run);"
+    "CREATE INDEX samples_checkpoint ON samples(checkpoint);"
+    "CREATE INDEX checkpoints_run ON checkpoints(run);"
+    "CREATE TABLE ratings("
+    "  sample INTEGER PRIMARY KEY REFERENCES samples(id) ON DELETE CASCADE,"
+    "  good INTEGER NOT NULL CHECK(good IN (0,1)),"
+    "  note TEXT,"
+    "  rated_at INTEGER NOT NULL);",
+};
+
+static const char *const run_statuses[] = {
+    "queued", "running", "paused", "stopped", "done", "failed", "interrupted",
+};
+
+/* ---- errors ------------------------------------------------------------ */
+
+static coin_status status_of(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_NOMEM: return COIN_ENOMEM;
+    case SQLITE_CONSTRAINT:
+    case SQLITE_MISMATCH:
+    case SQLITE_RANGE: return COIN_EINVAL;
+    case SQLITE_NOTADB:
+    case SQLITE_CORRUPT: return COIN_EFORMAT;
+    default: return COIN_EIO;
+    }
+}
+
+/* "ledger PATH: WHAT: sqlite's message", with the code that fits rc. */
+static int db_fail(ledger *l, coin_error *err, int rc, const char *what)
+{
+    return coin_fail(err, status_of(rc), "ledger %s: %s: %s", l->path, what,
+                     sqlite3_errmsg(l->db));
+}
+
+/* ---- small helpers ----------------------------------------------------- */
+
+static int64_t now_s(void)
+{
+    return (int64_t)time(NULL);
+}
+
+static int exec(ledger *l, const char *sql, const char *what, coin_error *err)
+{
+    int rc = sqlite3_exec(l->db, sql, NULL, NULL, NULL);
+    return rc == SQLITE_OK ? 0 : db_fail(l, err, rc, what);
+}
+
+static int prepare(ledger *l, const char *sql, sqlite3_stmt **st, const char *what,
+                   coin_error *err)
+{
+    int rc = sqlite3_prepare_v2(l->db, sql, -1, st, NULL);
+    return rc == SQLITE_OK ? 0 : db_fail(l, err, rc, what);
+}
+
+static int begin(ledger *l, const char *what, coin_error *err)
+{
+    return exec(l, "BEGIN IMMEDIATE", what, err);
+}
+
+static int commit(ledger *l, const char *what, coin_error *err)
+{
+    int rc = sqlite3_exec(l->db, "COMMIT", NULL, NULL, NULL);
+    if (rc == SQLITE_OK)
+        return 0;
+    db_fail(l, err, rc, what);
+    sqlite3_exec(l->db, "ROLLBACK", NULL, NULL, NULL);
+    return err ? err->code : status_of(rc);
+}
+
+static void rollback(ledger *l)
+{
+    /* Keeps the caller's error message: the rollback's own outcome adds
+     * nothing (it fails only when there is no transaction left). */
+    sqlite3_exec(l->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+/* Binds s, or NULL when s is NULL. */
+static int bind_text(sqlite3_stmt *st, int i, const char *s)
+{
+    return s ? sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT) : sqlite3_bind_null(st, i);
+}
+
+/* Binds id, or NULL when id is 0 (the API's "none"). */
+static int bind_id(sqlite3_stmt *st, int i, int64_t id)
+{
+    return id ? sqlite3_bind_int64(st, i, id) : sqlite3_bind_null(st, i);
+}
+
+/* A malloc'd copy of column i, NULL for NULL (or out of memory, which the
+ * caller cannot tell apart; the readers below treat a missing string as
+ * absent rather than failing the whole read). */
+static char *col_dup(sqlite3_stmt *st, int i)
+{
+    const unsigned char *t = sqlite3_column_text(st, i);
+    return t ? strdup((const char *)t) : NULL;
+}
+
+static void col_copy(sqlite3_stmt *st, int i, char *dst, size_t cap)
+{
+    const unsigned char *t = sqlite3_column_text(st, i);
+    snprintf(dst, cap, "%s", t ? (const char *)t : "");
+}
+
+static int valid_status(const char *s)
+{
+    for (size_t i = 0; i < sizeof run_statuses / sizeof *run_statuses; i++)
+        if (!strcmp(s, run_statuses[i]))
+            return 1;
+    return 0;
+}
+
+/* ---- paths ------------------------------------------------------------- */
+
+/* mkdir -p, for the workspace folder. */
+static int make_dirs(char *path, coin_error *err)
+{
+    for (char *p = path + 1;; p++) {
+        if (*p != '/' && *p != '\0')
+            continue;
+        char c = *p;
+        *p = '\0';
+        if (mkdir(path, 0755) != 0 && errno != EEXIST) {
+            int e = errno;
+            *p = c;
+            return coin_fail(err, COIN_EIO, "cannot create the ledger folder %s: %s", path,
+                             strerror(e));
+        }
+        *p = c;
+        if (!c)
+            break;
+    }
+    struct stat sb;
+    if (stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        return coin_fail(err, COIN_EIO, "the ledger folder %s is not a folder", path);
+    return 0;
+}
+
+int ledger_default_path(char *buf, size_t len, coin_error *err)
+{
+    const char *home = getenv("COIN_HOME"), *user = getenv("HOME");
+    char dir[4096];
+    int n;
+    if (home && *home)
+        n = snprintf(dir, sizeof dir, "%s", home);
+    else if (user && *user)
+        n = snprintf(dir, sizeof dir, "%s/.local/share/coin", user);
+    else
+        return coin_fail(err, COIN_EINVAL,
+                         "neither COIN_HOME nor HOME is set, so there is no place for the "
+                         "ledger; set COIN_HOME to a folder");
+    if (n < 0 || (size_t)n >= sizeof dir)
+        return coin_fail(err, COIN_EINVAL, "the ledger folder name is too long");
+    while (n > 1 && dir[n - 1] == '/')
+        dir[--n] = '\0';
+    int rc = make_dirs(dir, err);
+    if (rc)
+        return rc;
+    n = snprintf(buf, len, "%s/ledger.db", dir);
+    if (n < 0 || (size_t)n >= len)
+        return coin_fail(err, COIN_EINVAL, "the ledger path %s/ledger.db does not fit in %zu bytes",
+                         dir, len);
+    return 0;
+}
+
+/* ---- open and migrate -------------------------------------------------- */
+
+static int read_user_version(ledger *l, int *v, coin_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(l, "PRAGMA user_version", &st, "reading the schema version", err);
+    if (rc)
+        return rc;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *v = sqlite3_column_int(st, 0);
+        rc = 0;
+    } else {
+        rc = db_fail(l, err, rc, "reading the schema version");
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int migrate(ledger *l, coin_error *err)
+{
+    /* The common case, an up-to-date ledger, needs no write lock: a reader
+     * opening while the worker commits should not queue behind it. */
+    int v = 0;
+    int rc = read_user_version(l, &v, err);
+    if (rc || v == LEDGER_SCHEMA_VERSION)
+        return rc;
+    rc = begin(l, "locking the database to upgrade its schema", err);
+    if (rc)
+        return rc;
+    /* Read again under the lock: another process may have migrated since. */
+    rc = read_user_version(l, &v, err);
+    if (!rc && v > LEDGER_SCHEMA_VERSION)
+        rc = coin_fail(err, COIN_EUNSUPPORTED,
+                       "ledger %s has schema version %d, newer than version %d that this coin "
+                       "understands; it was written by a newer coin: upgrade coin, or set "
+                       "COIN_HOME to use another ledger",
+                       l->path, v, LEDGER_SCHEMA_VERSION);
+    for (; !rc && v < LEDGER_SCHEMA_VERSION; v++) {
+        char what[96], pragma[48];
+        snprintf(what, sizeof what, "upgrading the schema from version %d to %d", v, v + 1);
+        rc = exec(l, migrations[v], what, err);
+        /* PRAGMA takes no bound parameters; v + 1 is ours, not user data. */
+        snprintf(pragma, sizeof pragma, "PRAGMA user_version = %d", v + 1);
+        if (!rc)
+            rc = exec(l, pragma, what, err);
+    }
+    if (rc) {
+        rollback(l);
+        return rc;
+    }
+    return commit(l, "committing the schema", err);
+}
+
+int ledger_open(ledger **out, const char *path, coin_error *err)
+{
+    *out = NULL;
+    if (!path || !*path)
+        return coin_fail(err, COIN_EINVAL, "no ledger path given");
+
+    /* SQLite only says "unable to open database file" for a missing folder;
+     * name the folder instead. */
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash) {
+        if (slash == dir)
+            slash[1] = '\0';
+        else
+            *slash = '\0';
+        struct stat sb;
+        if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+            return coin_fail(err, COIN_ENOTFOUND,
+                             "cannot open ledger %s: the folder %s does not exist", path, dir);
+    }
+
+    ledger *l = calloc(1, sizeof *l);
+    if (!l || !(l->path = strdup(path))) {
+        free(l);
+        return coin_fail(err, COIN_ENOMEM, "out of memory opening ledger %s", path);
+    }
+    int rc = sqlite3_open_v2(path, &l->db,
+                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                             NULL);
+    if (rc != SQLITE_OK) {
+        rc = l->db ? db_fail(l, err, rc, "opening")
+                   : coin_fail(err, COIN_ENOMEM, "out of memory opening ledger %s", path);
+        ledger_close(l);
+        return rc;
+    }
+    sqlite3_extended_result_codes(l->db, 1);
+    sqlite3_busy_timeout(l->db, LEDGER_BUSY_MS);
+
+    /* journal_mode=WAL is the first real read of the file, so a file that is
+     * not SQLite fails here. */
+    sqlite3_stmt *st = NULL;
+    rc = prepare(l, "PRAGMA journal_mode = WAL", &st, "switching to WAL mode", err);
+    if (!rc) {
+        int s = sqlite3_step(st);
+        if (s != SQLITE_ROW)
+            rc = db_fail(l, err, s, "switching to WAL mode");
+        else if (strcmp((const char *)sqlite3_column_text(st, 0), "wal") != 0)
+            rc = coin_fail(err, COIN_EIO, "ledger %s: the database refused WAL mode (got %s)",
+                           path, (const char *)sqlite3_column_text(st, 0));
+        sqlite3_finalize(st);
+    }
+    /* synchronous=NORMAL is durable across application crashes in WAL mode
+     * and makes each loss batch commit without an fsync. */
+    if (!rc)
+        rc = exec(l, "PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL",
+                  "setting up the connection", err);
+    if (!rc)
+        rc = migrate(l, err);
+    if (rc) {
+        ledger_close(l);
+        return rc;
+    }
+    *out = l;
+    return 0;
+}
+
+void ledger_close(ledger *l)
+{
+    if (!l)
+        return;
+    sqlite3_close_v2(l->db);
+    free(l->path);
+    free(l);
+}
+
+const char *ledger_path(const ledger *l)
+{
+    return l->path;
+}
+
+/* ---- one-statement writes ---------------------------------------------- */
+
+/* Steps a prepared write to its end inside BEGIN IMMEDIATE ... COMMIT and
+ * finalizes it; when id is not NULL the statement must return one row whose
+ * first column goes to *id. */
+static int run_write(ledger *l, sqlite3_stmt *st, int64_t *id, int *changes, const char *what,
+                     coin_error *err)
+{
+    int rc = begin(l, what, err);
+    if (rc) {
+        sqlite3_finalize(st);
+        return rc;
+    }
+    int s;
+    while ((s = sqlite3_step(st)) == SQLITE_ROW)
+        if (id)
+            *id = sqlite3_column_int64(st, 0);
+    if (s != SQLITE_DONE) {
+        rc = db_fail(l, err, s, what);
+        sqlite3_finalize(st);
+        rollback(l);
+        return rc;
+    }
+    if (changes)
+        *changes = sqlite3_changes(l->db);
+    sqlite3_finalize(st);
+    return commit(l, what, err);
+}
+
+int ledger_upsert_model(ledger *l, const char *path, const char *sha256, int version,
+                        int64_t *id, coin_error *err)
+{
+    if (!path || !sha256)
+        return coin_fail(err, COIN_EINVAL, "ledger %s: a model needs a path and a sha256",
+                         l->path);
+    sqlite3_stmt *st;
+    int rc = prepare(l,
+                     "INSERT INTO models(path, sha256, version, added_at) VALUES(?,?,?,?) "
+                     "ON CONFLICT(sha256) DO UPDATE SET path = excluded.path, "
+                     "version = CASE WHEN excluded.version != 0 THEN excluded.version "
+                     "ELSE version END RETURNING id",
+                     &st, "recording a model", err);
+    if (rc)
+        return rc;
+    bind_text(st, 1, path);
+    bind_text(st, 2, sha256);
+    sqlite3_bind_int(st, 3, version);
+    sqlite3_bind_int64(st, 4, now_s());
+    int64_t got = 0;
+    rc = run_write(l, st, &got, NULL, "recording a model", err);
+    if (!rc && id)
+        *id = got;
+    return rc;
+}
+
+/* ---- runs -------------------------------------------------------------- */
+
+int ledger_insert_run(ledger *l, const ledger_run *r, int64_t *id, coin_error *err)
+{
+    if (!r->kind || (strcmp(r->kind, "train") && strcmp(r->kind, "sample")))
+        return coin_fail(err, COIN_EINVAL, "ledger %s: a run's kind is 'train' or 'sample', not '%s'",
+                         l->path, r->kind ? r->kind : "(none)");
+    if (r->status && !valid_status(r->status))
+        return coin_fail(err, COIN_EINVAL, "ledger %s: unknown run status '%s'", l->path,
+                         r->status);
+    sqlite3_stmt *st;
+    int rc = prepare(l,
+                     "INSERT INTO runs(kind, config_json, trigger, initializer, model_id, "
+                     "images_dir, image_hashes_json, backend, precision, threads, coin_version, "
+                     "host, status, steps_planned, created_at) "
+                     "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
+                     &st, "recording a run", err);
+    if (rc)
+        return rc;
+    bind_text(st, 1, r->kind);
+    bind_text(st, 2, r->config_json ? r->config_json : "{}");
+    bind_text(st, 3, r->trigger);
+    bind_text(st, 4, r->initializer);
+    bind_id(st, 5, r->model_id);
+    bind_text(st, 6, r->images_dir);
+    bind_text(st, 7, r->image_hashes_json ? r->image_hashes_json : "[]");
+    bind_text(st, 8, r->backend);
+    bind_text(st, 9, r->precision);
+    sqlite3_bind_int(st, 10, r->threads);
+    bind_text(st, 11, r->coin_version);
+    bind_text(st, 12, r->host);
+    bind_text(st, 13, r->status ? r->status : "queued");
+    sqlite3_bind_int(st, 14, r->steps_planned);
+    sqlite3_bind_int64(st, 15, now_s());
+    int64_t got = 0;
+    rc = run_write(l, st, &got, NULL, "recording a run", err);
+    if (!rc && id)
+        *id = got;
+    return rc;
+}
+
+void ledger_run_free(ledger_run *r)
+{
+    if (!r)
+        return;
+    const char *owned[] = {r->kind,          r->config_json, r->trigger,      r->initializer,
+                           r->model_path,    r->images_dir,  r->image_hashes_json,
+                           r->backend,       r->precision,   r->coin_version, r->host,
+                           r->status,        r->error};
+    for (size_t i = 0; i < sizeof owned / sizeof *owned; i++)
+        free((char *)owned[i]);
+    memset(r, 0, sizeof *r);
+}
+
+int ledger_get_run(ledger *l, int64_t id, ledger_run *out, coin_error *err)
+{
+    memset(out, 0, sizeof *out);
+    sqlite3_stmt *st;
+    int rc = prepare(l,
+                     "SELECT r.id, r.kind, r.config_json, r.trigger, r.initializer, r.model_id, "
+                     "m.path, r.images_dir, r.image_hashes_json, r.backend, r.precision, "
+                     "r.threads, r.coin_version, r.host, r.status, r.steps_planned, "
+                     "r.step_reached, r.created_at, r.started_at, r.ended_at, r.error "
+                     "FROM runs r LEFT JOIN models m ON m.id = r.model_id WHERE r.id = ?",
+                     &st, "reading a run", err);
+    if (rc)
+        return rc;
+    sqlite3_bind_int64(st, 1, id);
+    int s = sqlite3_step(st);
+    if (s == SQLITE_ROW) {
+        out->id = sqlite3_column_int64(st, 0);
+        out->kind = col_dup(st, 1);
+        out->config_json = col_dup(st, 2);
+        out->trigger = col_dup(st, 3);
+        out->initializer = col_dup(st, 4);
+        out->model_id = sqlite3_column_int64(st, 5);
+        out->model_path = col_dup(st, 6);
+        out->images_dir = col_dup(st, 7);
+        out->image_hashes_json = col_dup(st, 8);
+        out->backend = col_dup(st, 9);
+        out->precision = col_dup(st, 10);
+        out->threads = sqlite3_column_int(st, 11);
+        out->coin_version = col_dup(st, 12);
+        out->host = col_dup(st, 13);
+        out->status = col_dup(st, 14);
+        out->steps_planned = sqlite3_column_int(st, 15);
+        out->step_reached = sqlite3_column_int(st, 16);
+        out->created_at = sqlite3_column_int64(st, 17);
+        out->started_at = sqlite3_column_int64(st, 18);
+        out->ended_at = sqlite3_column_int64(st, 19);
+        out->error = col_dup(st, 20);
+        rc = 0;
+    } else if (s == SQLITE_DONE) {
+        rc = coin_fail(err, COIN_ENOTFOUND, "ledger %s has no run %lld", l->path, (long long)id);
+    } else {
+        rc = db_fail(l, err, s, "reading a run");
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int ledger_set_run_status(ledger *l, int64_t run, const char *status,
+                          const char *error_text, coin_error *err)
+{
+    if (!status || !valid_status(status))
+        return coin_fail(err, COIN_EINVAL,
+                         "ledger %s: unknown run status '%s' (one of queued, running, paused, "
+                         "stopped, done, failed, interrupted)",
+                         l->path, status ? status : "(none)");
+    sqlite3_stmt *st;
+    /* ?1 status, ?2 error, ?3 now, ?4 run.  A run that runs again after an
+     * interruption loses its old end time. */
+    int rc = prepare(l,
+                     "UPDATE runs SET status = ?1, error = ?2, "
+                     "started_at = CASE WHEN ?1 = 'running' THEN COALESCE(started_at, ?3) "
+                     "ELSE started_at END, "
+                     "ended_at = CASE WHEN ?1 IN ('stopped','done','failed','interrupted') "
+                     "THEN ?3 ELSE NULL END WHERE id = ?4",
+                     &st, "setting a run's status", err);
+    if (rc)
+        return rc;
+    bind_text(st, 1, status);
+    bind_text(st, 2, error_text);
+    sqlite3_bind_int64(st, 3, now_s());
+    sqlite3_bind_int64(st, 4, run);
+    int changed = 0;
+    rc = run_write(l, st, NULL, &changed, "setting a run's status", err);
+    if (!rc && changed == 0)
+        rc = coin_fail(err, COIN_ENOTFOUND, "ledger %s has no run %lld", l->path,
+                       (long long)run);
+    return rc;
+}
+
+int ledger_mark_interrupted(ledger *l, int *n, coin_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(l,
+                     "UPDATE runs SET status = 'interrupted', ended_at = ? "
+                     "WHERE status = 'running'",
+                     &st, "marking interrupted runs", err);
+    if (rc)
+        return rc;
+    sqlite3_bind_int64(st, 1, now_s());
+    int changed = 0;
+    rc = run_write(l, st, NULL, &changed, "marking interrupted runs", err);
+    if (!rc && n)
+        *n = changed;
+    return rc;
+}
+
+/* ---- losses ------------------------------------------------------------ */
+
+int ledger_record_losses(ledger *l, int64_t run, const int *steps, const float *loss,
+                         const float *lr, size_t n, coin_error *err)
+{
+    if (n == 0)
+        return 0;
+    const char *what = "recording losses";
+    sqlite3_stmt *ins = NULL, *up = NULL;
+    int rc = prepare(l,
+                     "INSERT INTO losses(run, step, loss, lr) VALUES(?,?,?,?) "
+                     "ON CONFLICT(run, step) DO UPDATE SET loss = excluded.loss, lr = excluded.lr",
+                     &ins, what, err);
+    if (!rc)
+        rc = prepare(l, "UPDATE runs SET step_reached = MAX(step_reached, ?) WHERE id = ?", &up,
+                     what, err);
+    if (!rc)
+        rc = begin(l, what, err);
+    if (rc) {
+        sqlite3_finalize(ins);
+        sqlite3_finalize(up);
+        return rc;
+    }
+    /* One statement, re-bound per row, in one transaction: the cost per row
+     * is a b-tree insert, not a parse or a journal commit. */
+    int top = steps[0];
+    sqlite3_bind_int64(ins, 1, run);
+    for (size_t i = 0; i < n && !rc; i++) {
+        sqlite3_bind_int(ins, 2, steps[i]);
+        if (isnan(loss[i]))
+            sqlite3_bind_null(ins, 3);
+        else
+            sqlite3_bind_double(ins, 3, loss[i]);
+        if (lr)
+            sqlite3_bind_double(ins, 4, lr[i]);
+        else
+            sqlite3_bind_null(ins, 4);
+        int s = sqlite3_step(ins);
+        if (s != SQLITE_DONE) {
+            char msg[96];
+            snprintf(msg, sizeof msg, "recording the loss of run %lld at step %d",
+                     (long long)run, steps[i]);
+            rc = db_fail(l, err, s, msg);
+        }
+        sqlite3_reset(ins);
+        if (steps[i] > top)
+            top = steps[i];
+    }
+    if (!rc) {
+        sqlite3_bind_int(up, 1, top);
+        sqlite3_bind_int64(up, 2, run);
+        int s = sqlite3_step(up);
+        if (s != SQLITE_DONE)
+            rc = db_fail(l, err, s, "raising the run's step");
+    }
+    sqlite3_finalize(ins);
+    sqlite3_finalize(up);
+    if (rc) {
+        rollback(l);
+        return rc;
+    }
+    return commit(l, what, err);
+}
+
+int ledger_loss_curve(ledger *l, int64_t run, int **steps, float **loss, float **lr,
+                      size_t *n, coin_error *err)
+{
+    if (steps)
+        *steps = NULL;
+    if (loss)
+        *loss = NULL;
+    if (lr)
+        *lr = NULL;
+    *n = 0;
+    sqlite3_stmt *st;
+    int rc = prepare(l, "SELECT step, loss, lr FROM losses WHERE run = ? ORDER BY step", &st,
+                     "reading a loss curve", err);
+    if (rc)
+        return rc;
+    sqlite3_bind_int64(st, 1, run);
+    int *ps = NULL;
+    float *pl = NULL, *pr = NULL;
+    size_t cap = 0, count = 0;
+    int s;
+    while ((s = sqlite3_step(st)) == SQLITE_ROW) {
+        if (count == cap) {
+            cap = cap ? cap * 2 : 1024;
+            int *ns = steps ? realloc(ps, cap * sizeof *ps) : NULL;
+            if (ns)
+                ps = ns;
+            float *nl = loss ? realloc(pl, cap * sizeof *pl) : NULL;
+            if (nl)
+                pl = nl;
+            float *nr = lr ? realloc(pr, cap * sizeof *pr) : NULL;
+            if (nr)
+                pr = nr;
+            if ((steps && !ns) || (loss && !nl) || (lr && !nr)) {
+                rc = coin_fail(err, COIN_ENOMEM, "ledger %s: out of memory reading the loss "
+                               "curve of run %lld", l->path, (long long)run);
+                break;
+            }
+        }
+        if (ps)
+            ps[count] = sqlite3_column_int(st, 0);
+        if (pl)
+            pl[count] = sqlite3_column_type(st, 1) == SQLITE_NULL
+                            ? NAN : (float)sqlite3_column_double(st, 1);
+        if (pr)
+            pr[count] = sqlite3_column_type(st, 2) == SQLITE_NULL
+                            ? NAN : (float)sqlite3_column_double(st, 2);
+        count++;
+    }
+    if (!rc && s != SQLITE_DONE)
+        rc = db_fail(l, err, s, "reading a loss curve");
+    sqlite3_finalize(st);
+    if (rc) {
+        free(ps);
+        free(pl);
+        free(pr);
+        return rc;
+    }
+    if (steps)
+        *steps = ps;
+    if (loss)
+        *loss = pl;
+    if (lr)
+        *lr = pr;
+    *n = count;
+    return 0;
+}
+
+/* ---- checkpoints, samples, ratings ------------------------------------- */
+
+int ledger_insert_checkpoint(ledger *l, int64_t run, int step, const char *path,
+                             const char *sha256, int64_t *id, coin_error *err)
+{
+    if (!path)
+        return coin_fail(err, COIN_EINVAL, "ledger %s: a checkpoint needs a path", l->path);
+    sqlite3_stmt *st;
+    int rc = prepare(l,
+                     "INSERT INTO checkpoints(run, step, path, sha256, created_at) "
+                     "VALUES(?,?,?,?,?) ON CONFLICT(run, step) DO UPDATE SET "
+                     "path = excluded.path, sha256 = excluded.sha256, "
+                     "created_at = excluded.created_at RETURNING id",
+                     &st, "recording a checkpoint", err);
+    if (rc)
+        return rc;
+    sqlite3_bind_int64(st, 1, run);
+    sqlite3_bind_int(st, 2, step);
+    bind_text(st, 3, path);
+    bind_text(st, 4, sha256);
+    sqlite3_bind_int64(st, 5, now_s());
+    int64_t got = 0;
+    rc = run_write(l, st, &got, NULL, "recording a checkpoint", err);
+    if (!rc && id)
+        *id = got;
+    return rc;
+}
+
+int ledger_insert_sample(ledger *l, const ledger_sample *s, int64_t *id, coin_error *err)
+{
+    if (!s->prompt)
+        return coin_fail(err, COIN_EINVAL, "ledger %s: a sample needs a prompt", l->path);
+    sqlite3_stmt *st;
+    int rc = prepare(l,
+                     "INSERT INTO samples(run, checkpoint, prompt, negative, seed, steps, "
+                     "guidance, sampler, schedule, width, height, rng, model_sha256, "
+                     "embeddings_json, image_path, image_sha256, created_at) "
+                     "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
+                     &st, "recording a sample", err);
+    if (rc)
+        return rc;
+    char seed[24];
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)s->seed);
+    bind_id(st, 1, s->run);
+    bind_id(st, 2, s->checkpoint);
+    bind_text(st, 3, s->prompt);
+    bind_text(st, 4, s->negative);
+    bind_text(st, 5, seed);
+    sqlite3_bind_int(st, 6, s->steps);
+    sqlite3_bind_double(st, 7, s->guidance);
+    bind_text(st, 8, s->sampler);
+    bind_text(st, 9, s->schedule);
+    sqlite3_bind_int(st, 10, s->width);
+    sqlite3_bind_int(st, 11, s->height);
+    bind_text(st, 12, s->rng);
+    bind_text(st, 13, s->model_sha256);
+    bind_text(st, 14, s->embeddings_json ? s->embeddings_json : "[]");
+    bind_text(st, 15, s->image_path);
+    bind_text(st, 16, s->image_sha256);
+    sqlite3_bind_int64(st, 17, now_s());
+    int64_t got = 0;
+    rc = run_write(l, st, &got, NULL, "recording a sample", err);
+    if (!rc && id)
+        *id = got;
+    return rc;
+}
+
+void ledger_sample_free(ledger_sample *s)
+{
+    if (!s)
+        return;
+    const char *owned[] = {s->prompt, s->negative,     s->sampler,         s->schedule,
+                           s->rng,    s->model_sha256, s->embeddings_json, s->image_path,
+                           s->image_sha256};
+    for (size_t i = 0; i < sizeof owned / sizeof *owned; i++)
+        free((char *)owned[i]);
+    memset(s, 0, sizeof *s);
+}
+
+int ledger_get_sample(ledger *l, int64_t id, ledger_sample *out, coin_error *err)
+{
+    memset(out, 0, sizeof *out);
+    sqlite3_stmt *st;
+    int rc = prepare(l,
+                     "SELECT id, run, checkpoint, prompt, negative, seed, steps, guidance, "
+                     "sampler, schedule, width, height, rng, model_sha256, embeddings_json, "
+                     "image_path, image_sha256, created_at FROM samples WHERE id = ?",
+                     &st, "reading a sample", err);
+    if (rc)
+        return rc;
+    sqlite3_bind_int64(st, 1, id);
+    int s = sqlite3_step(st);
+    if (s == SQLITE_ROW) {
+        out->id = sqlite3_column_int64(st, 0);
+        out->run = sqlite3_column_int64(st, 1);
+        out->checkpoint = sqlite3_column_int64(st, 2);
+        out->prompt = col_dup(st, 3);
+        out->negative = col_dup(st, 4);
+        const unsigned char *seed = sqlite3_column_text(st, 5);
+        out->seed = seed ? strtoull((const char *)seed, NULL, 10) : 0;
+        out->steps = sqlite3_column_int(st, 6);
+        out->guidance = sqlite3_column_double(st, 7);
+        out->sampler = col_dup(st, 8);
+        out->schedule = col_dup(st, 9);
+        out->width = sqlite3_column_int(st, 10);
+        out->height = sqlite3_column_int(st, 11);
+        out->rng = col_dup(st, 12);
+        out->model_sha256 = col_dup(st, 13);
+        out->embeddings_json = col_dup(st, 14);
+        out->image_path = col_dup(st, 15);
+        out->image_sha256 = col_dup(st, 16);
+        out->created_at = sqlite3_column_int64(st, 17);
+        rc = 0;
+    } else if (s == SQLITE_DONE) {
+        rc = coin_fail(err, COIN_ENOTFOUND, "ledger %s has no sample %lld", l->path,
+                       (long long)id);
+    } else {
+        rc = db_fail(l, err, s, "reading a sample");
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int ledger_rate_sample(ledger *l, int64_t sample, int good, const char *note, coin_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(l,
+                     "INSERT INTO ratings(sample, good, note, rated_at) VALUES(?,?,?,?) "
+                     "ON CONFLICT(sample) DO UPDATE SET good = excluded.good, "
+                     "note = excluded.note, rated_at = excluded.rated_at",
+                     &st, "rating a sample", err);
+    if (rc)
+        return rc;
+    sqlite3_bind_int64(st, 1, sample);
+    sqlite3_bind_int(st, 2, good ? 1 : 0);
+    bind_text(st, 3, note);
+    sqlite3_bind_int64(st, 4, now_s());
+    return run_write(l, st, NULL, NULL, "rating a sample", err);
+}
+
+int ledger_acceptance(ledger *l, int64_t run, double *share, int *n_rated, coin_error *err)
+{
+    *share = NAN;
+    if (n_rated)
+        *n_rated = 0;
+    sqlite3_stmt *st;
+    int rc = prepare(l,
+                     "SELECT COUNT(*), COALESCE(SUM(g.good), 0) FROM ratings g "
+                     "JOIN samples s ON s.id = g.sample "
+                     "WHERE s.run = ?1 OR s.checkpoint IN "
+                     "(SELECT id FROM checkpoints WHERE run = ?1)",
+                     &st, "reading a run's ratings", err);
+    if (rc)
+        return rc;
+    sqlite3_bind_int64(st, 1, run);
+    int s = sqlite3_step(st);
+    if (s == SQLITE_ROW) {
+        int total = sqlite3_column_int(st, 0), good = sqlite3_column_int(st, 1);
+        if (total)
+            *share = (double)good / total;
+        if (n_rated)
+            *n_rated = total;
+    } else {
+        rc = db_fail(l, err, s, "reading a run's ratings");
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* ---- the run list ------------------------------------------------------ */
+
+/* The last loss comes from the end of the run's (run, step) range: one
+ * index probe per run, however long the curve. */
+#define RUN_ROW_SQL                                                                   \
+    "SELECT r.id, r.kind, r.trigger, m.path, r.status, r.step_reached, "              \
+    "r.steps_planned, (SELECT loss FROM losses WHERE run = r.id ORDER BY step DESC "  \
+    "LIMIT 1), r.started_at FROM runs r LEFT JOIN models m ON m.id = r.model_id "
+
+static void read_row(sqlite3_stmt *st, ledger_run_row *row)
+{
+    memset(row, 0, sizeof *row);
+    row->id = sqlite3_column_int64(st, 0);
+    col_copy(st, 1, row->kind, sizeof row->kind);
+    col_copy(st, 2, row->trigger, sizeof row->trigger);
+    col_copy(st, 3, row->model_path, sizeof row->model_path);
+    col_copy(st, 4, row->status, sizeof row->status);
+    row->step = sqlite3_column_int(st, 5);
+    row->steps = sqlite3_column_int(st, 6);
+    row->last_loss = sqlite3_column_type(st, 7) == SQLITE_NULL
+                         ? NAN : (float)sqlite3_column_double(st, 7);
+    row->started_at = sqlite3_column_int64(st, 8);
+}
+
+int ledger_run_summary(ledger *l, int64_t run, ledger_run_row *out, coin_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(l, RUN_ROW_SQL "WHERE r.id = ?", &st, "reading a run's summary", err);
+    if (rc)
+        return rc;
+    sqlite3_bind_int64(st, 1, run);
+    int s = sqlite3_step(st);
+    if (s == SQLITE_ROW)
+        read_row(st, out);
+    else if (s == SQLITE_DONE)
+        rc = coin_fail(err, COIN_ENOTFOUND, "ledger %s has no run %lld", l->path,
+                       (long long)run);
+    else
+        rc = db_fail(l, err, s, "reading a run's summary");
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int ledger_list_runs(ledger *l, ledger_run_fn fn, void *ctx, coin_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(l, RUN_ROW_SQL "ORDER BY r.id DESC", &st, "listing runs", err);
+    if (rc)
+        return rc;
+    int s;
+    while ((s = sqlite3_step(st)) == SQLITE_ROW) {
+        ledger_run_row row;
+        read_row(st, &row);
+        rc = fn(ctx, &row);
+        if (rc)
+            break;
+    }
+    if (!rc && s != SQLITE_DONE)
+        rc = db_fail(l, err, s, "listing runs");
+    sqlite3_finalize(st);
+    return rc;
+}
