@@ -252,3 +252,25 @@ TEST(cli_train_runs_resumes_and_refuses_bad_input)
     CHECK_EQ_INT(run(cmd, out, sizeof out), 1);
     CHECK_STR_CONTAINS(out, "no run to resume");
 }
+
+TEST(cli_regen_makes_the_same_pixels_and_notices_changed_models)
+{
+    const char *dir = test_tmpdir();
+    char cmd[2048];
+    /* A private copy of the model, so the test can change it afterwards. */
+    snprintf(cmd, sizeof cmd, "cp tests/golden/sd1/model.safetensors %s/m.safetensors && "
+             "bin/coin sample --model %s/m.safetensors --prompt 'a photo of a cat' --steps 3 "
+             "--sampler dpmpp_2m --schedule karras --rng cpu --seed 11 --batch 2 --out %s/a.png",
+             dir, dir, dir);
+    REQUIRE(run(cmd, out, sizeof out) == 0);
+    snprintf(cmd, sizeof cmd, "bin/coin regen %s/a-1.png", dir);
+    CHECK_EQ_INT(run(cmd, out, sizeof out), 0);
+    CHECK_STR_CONTAINS(out, "a-1-regen.png: identical to");
+    snprintf(cmd, sizeof cmd, "cp tests/golden/sd2/model.safetensors %s/m.safetensors && "
+             "bin/coin regen %s/a-0.png", dir, dir);
+    CHECK_EQ_INT(run(cmd, out, sizeof out), 1);
+    CHECK_STR_CONTAINS(out, "is not the model that made");
+    /* An image without a recipe. */
+    CHECK_EQ_INT(run("bin/coin regen tests/golden/image/png_ga8.png", out, sizeof out), 1);
+    CHECK_STR_CONTAINS(out, "has no coin recipe");
+}

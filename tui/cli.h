@@ -17,6 +17,7 @@ int cmd_encode(int argc, char **argv);
 int cmd_sample(int argc, char **argv);
 int cmd_show(int argc, char **argv);
 int cmd_train(int argc, char **argv);
+int cmd_regen(int argc, char **argv);
 
 /* Prints "coin: <message>" for a failed core call and returns 1. */
 int cli_report(const coin_error *err);

@@ -449,3 +449,150 @@ int cmd_show(int argc, char **argv)
     image_text_list_free(&texts);
     return status;
 }
+
+static const char REGEN_HELP[] =
+    "usage: coin regen IMAGE.png [--out NEW.png] [--backend B]\n"
+    "\n"
+    "Makes IMAGE again from the recipe coin stored in it: the same model and\n"
+    "embeddings (checked by sha256), prompt, seed, sampler, steps, guidance, size\n"
+    "and RNG.  Writes NEW.png (default IMAGE-regen.png) and compares the pixels:\n"
+    "exit 0 when they are identical, 1 when they differ (with how much) or the\n"
+    "files the recipe names have changed.  Identical results are promised on the\n"
+    "backend that made the image.\n";
+
+int cmd_regen(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"out", required_argument, 0, 'o'}, {"backend", required_argument, 0, 'B'},
+        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    const char *out = NULL, *backend = NULL;
+    int c;
+    while ((c = getopt_long(argc, argv, "o:B:h", opts, NULL)) != -1) {
+        if (c == 'h') {
+            fputs(REGEN_HELP, stdout);
+            return 0;
+        }
+        if (c == 'o')
+            out = optarg;
+        else if (c == 'B')
+            backend = optarg;
+        else
+            return cli_usage_error("regen", "bad option");
+    }
+    if (optind != argc - 1)
+        return cli_usage_error("regen", "give exactly one IMAGE.png");
+    const char *image = argv[optind];
+    char out_buf[4096];
+    if (!out) {
+        const char *dot = strrchr(image, '.');
+        int stem = dot && !strchr(dot, '/') ? (int)(dot - image) : (int)strlen(image);
+        snprintf(out_buf, sizeof out_buf, "%.*s-regen.png", stem, image);
+        out = out_buf;
+    }
+
+    coin_error err = {0};
+    image_text_list texts = {0};
+    recipe r = {0};
+    sd_pipeline *p = NULL;
+    const coin_backend *be;
+    coin_image old = {0}, img = {0};
+    float *pixels = NULL;
+    char *params = NULL, *json = NULL;
+    hashes h;
+    int status = 1;
+    const char *stored;
+    if (image_read_png_text(image, &texts, &err))
+        goto done;
+    if (!(stored = image_text_get(&texts, "coin"))) {
+        coin_fail(&err, COIN_ENOTFOUND, "%s has no coin recipe: only images coin made can be "
+                  "regenerated bit for bit", image);
+        goto done;
+    }
+    if (recipe_from_json(stored, &r, &err) ||
+        backend_by_name(&be, backend ? backend : r.backend, &err))
+        goto done;
+    if (strcmp(be->name, r.backend))
+        fprintf(stderr, "warning: %s was made on the %s backend; on %s the pixels may differ in "
+                "the last bits\n", image, r.backend, be->name);
+    sd_prediction pred = !strcmp(r.prediction, "v_prediction") ? PRED_V :
+                         !strcmp(r.prediction, "epsilon") ? PRED_EPSILON : PRED_UNKNOWN;
+    if (pipeline_open(&p, r.model.path, SD_UNKNOWN, pred, be, &err) ||
+        hash_file(pipeline_model_file(p), "the model", h.model, &err))
+        goto done;
+    if (strcmp(h.model, r.model.sha256)) {
+        coin_fail(&err, COIN_EINVAL, "%s is not the model that made %s: its sha256 is %.12s..., "
+                  "the recipe says %.12s...", r.model.path, image, h.model, r.model.sha256);
+        goto done;
+    }
+    for (int i = 0; i < r.n_embeddings; i++) {
+        if (pipeline_add_embedding(p, r.embeddings[i].path, &err) ||
+            hash_file(r.embeddings[i].path, r.embeddings[i].token, h.embeddings[i], &err))
+            goto done;
+        if (strcmp(h.embeddings[i], r.embeddings[i].sha256)) {
+            coin_fail(&err, COIN_EINVAL, "the embedding %s has changed since %s was made",
+                      r.embeddings[i].path, image);
+            goto done;
+        }
+    }
+    sample_params sp;
+    sample_defaults(p, &sp);
+    sp.prompt = r.prompt;
+    sp.negative = r.negative;
+    sp.seed = r.seed;
+    sp.steps = r.steps;
+    sp.cfg = r.cfg;
+    sp.karras = r.karras;
+    sp.width = r.width;
+    sp.height = r.height;
+    if (sampler_parse(r.sampler) < 0 || rng_kind_parse(r.rng) < 0) {
+        coin_fail(&err, COIN_EFORMAT, "%s: the recipe's sampler \"%s\" or RNG \"%s\" is unknown",
+                  image, r.sampler, r.rng);
+        goto done;
+    }
+    sp.sampler = (sampler_kind)sampler_parse(r.sampler);
+    sp.rng = (rng_kind)rng_kind_parse(r.rng);
+    progress bar;
+    progress_start(&bar, "regenerating", sampler_model_calls(sp.sampler, sp.steps));
+    if (!(pixels = malloc((size_t)3 * sp.width * sp.height * sizeof(float)))) {
+        coin_fail(&err, COIN_ENOMEM, "out of memory");
+        goto done;
+    }
+    if (sample_image(p, &sp, on_step, &bar, pixels, NULL, &err) ||
+        image_from_chw_float(pixels, sp.width, sp.height, &img, &err) ||
+        describe(p, &sp, &h, be->name, &params, &json, &err))
+        goto done;
+    progress_end(&bar);
+    image_text written[2] = {{"parameters", params}, {"coin", json}};
+    if (image_write_png(out, &img, written, 2, &err) || image_load(image, &old, &err))
+        goto done;
+    size_t n = (size_t)img.width * img.height * 3, differ = 0;
+    int worst = 0;
+    for (size_t i = 0; old.width == img.width && old.height == img.height && i < n; i++)
+        if (old.pixels[i] != img.pixels[i]) {
+            differ++;
+            int d = abs(old.pixels[i] - img.pixels[i]);
+            worst = d > worst ? d : worst;
+        }
+    if (old.width != img.width || old.height != img.height)
+        printf("%s: differs: %dx%d, the original is %dx%d\n", out, img.width, img.height,
+               old.width, old.height);
+    else if (differ)
+        printf("%s: differs from %s in %zu of %zu values (at most %d levels)\n", out, image,
+               differ, n, worst);
+    else
+        printf("%s: identical to %s\n", out, image);
+    status = old.width != img.width || old.height != img.height || differ;
+    err.code = COIN_OK;     /* a difference is a result, not an error */
+done:
+    if (err.code != COIN_OK)
+        cli_report(&err);
+    image_free(&old);
+    image_free(&img);
+    free(pixels);
+    free(params);
+    free(json);
+    pipeline_free(p);
+    recipe_free(&r);
+    image_text_list_free(&texts);
+    return status;
+}

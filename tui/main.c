@@ -22,6 +22,7 @@ static const char USAGE[] =
     "  sample               text to image: PNGs that carry how they were made\n"
     "  show IMAGE.png       how an image was made (AUTOMATIC1111 text, coin recipe)\n"
     "  train                textual inversion: learn a trigger word from images\n"
+    "  regen IMAGE.png      make an image again from its recipe and compare the pixels\n"
     "  help                 this text\n"
     "\n"
     "MODEL is a single-file .safetensors checkpoint (SD 1.x or 2.x, LDM layout) or\n"
@@ -73,6 +74,7 @@ int main(int argc, char **argv)
         {"sample", cmd_sample},
         {"show", cmd_show},
         {"train", cmd_train},
+        {"regen", cmd_regen},
     };
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(cmd, commands[i].name))
