@@ -167,6 +167,14 @@ int checkpoint_read_f32(const checkpoint *ck, const ckpt_tensor *t, float *dst,
     return st_tensor_to_f32(t->file, &slice, dst, n, err);
 }
 
+const char *checkpoint_main_file(const checkpoint *ck)
+{
+    for (size_t i = 0; i < ck->n_tensors; i++)
+        if (ck->tensors[i].comp == COMP_UNET)
+            return ck->tensors[i].file->path;
+    return ck->files[0]->path;
+}
+
 uint64_t checkpoint_param_count(const checkpoint *ck, ckpt_component comp)
 {
     uint64_t total = 0;

@@ -99,6 +99,10 @@ const ckpt_tensor *checkpoint_find(const checkpoint *ck, ckpt_component comp,
 int checkpoint_read_f32(const checkpoint *ck, const ckpt_tensor *t, float *dst,
                         uint64_t n, coin_error *err);
 
+/* The file whose hash names the model: a single file itself, or a diffusers
+ * folder's UNet weights (what AUTOMATIC1111 would hash). */
+const char *checkpoint_main_file(const checkpoint *ck);
+
 /* Parameters (elements) of a component's floating-point tensors. */
 uint64_t checkpoint_param_count(const checkpoint *ck, ckpt_component comp);
 

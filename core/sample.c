@@ -119,10 +119,7 @@ void pipeline_free(sd_pipeline *p)
 
 const char *pipeline_model_file(const sd_pipeline *p)
 {
-    for (size_t i = 0; i < p->ck->n_tensors; i++)
-        if (p->ck->tensors[i].comp == COMP_UNET)
-            return p->ck->tensors[i].file->path;
-    return p->ck->files[0]->path;
+    return checkpoint_main_file(p->ck);
 }
 
 int pipeline_add_embedding(sd_pipeline *p, const char *path, coin_error *err)

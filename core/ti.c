@@ -94,7 +94,7 @@ double ti_lr_factor(ti_lr_schedule s, int step, int warmup, int total)
 
 /* ---- configuration as JSON (kept in the state file for resuming) ---- */
 
-static char *config_json(const ti_config *c)
+char *ti_config_to_json(const ti_config *c)
 {
     cJSON *o = cJSON_CreateObject();
     char seed[24], pseed[24];
@@ -592,7 +592,7 @@ done:
 
 static int save_embedding(trainer *t, const char *path, coin_error *err)
 {
-    char step[16], *cfg = config_json(&t->cfg);
+    char step[16], *cfg = ti_config_to_json(&t->cfg);
     snprintf(step, sizeof step, "%d", t->step);
     const char *meta[] = {
         "coin.version", COIN_VERSION, "coin.step", step, "coin.trigger", t->cfg.token,
@@ -607,7 +607,7 @@ static int save_embedding(trainer *t, const char *path, coin_error *err)
 
 static int save_state(trainer *t, coin_error *err)
 {
-    char path[1200], buf[8][40], *cfg = config_json(&t->cfg);
+    char path[1200], buf[8][40], *cfg = ti_config_to_json(&t->cfg);
     int64_t rd[2] = {t->cfg.vectors, t->width}, mt[1] = {624};
     st_writer *w = st_writer_new();
     int rc = !w || !cfg ? coin_fail(err, COIN_ENOMEM, "out of memory") : 0;
@@ -870,9 +870,13 @@ static int setup(trainer *t, const ti_config *c, const coin_backend *be, ti_repo
         rc = coin_fail(err, COIN_ENOMEM, "out of memory");
         goto done;
     }
-    uint8_t digest[32];
-    TRY(sha256_file(pipeline_model_file(t->p), digest, NULL, NULL, err));
-    sha256_hex(digest, t->model_sha);
+    if (c->model_sha256[0]) {
+        snprintf(t->model_sha, sizeof t->model_sha, "%s", c->model_sha256);
+    } else {
+        uint8_t digest[32];
+        TRY(sha256_file(pipeline_model_file(t->p), digest, NULL, NULL, err));
+        sha256_hex(digest, t->model_sha);
+    }
     TRY(add_trigger(t, err));
     TRY(load_templates(t, err));
     TRY(list_images(t, err));

@@ -64,12 +64,18 @@ typedef struct ti_config {
     int version;                /* 0 detect, 1 or 2 */
     int poison_from_step;       /* tests only: treat steps from this one on as
                                  * non-finite (0: never); not saved */
+    char model_sha256[65];      /* the model file's sha256 when the caller has
+                                 * it already ("" to compute); not saved */
 } ti_config;
 
 /* Our users' defaults (REFERENCE.md and the issue): lr 5e-4 with scale-lr,
  * 2000 steps, batch 4, a checkpoint every 250 steps, seed 42, object
  * templates, one vector, constant schedule, no clipping. */
 void ti_config_defaults(ti_config *c);
+
+/* The configuration as one line of JSON (caller frees), as the resume state
+ * and the embeddings' metadata store it; NULL when out of memory. */
+char *ti_config_to_json(const ti_config *c);
 
 /* lambda(step) of diffusers' get_scheduler (constant, constant_with_warmup,
  * linear, cosine), the factor on the learning rate at optimizer step

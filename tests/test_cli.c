@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/wait.h>
+#include <stdlib.h>
 
 #include "core/safetensors.h"
 #include "test.h"
@@ -13,6 +14,12 @@
 /* Runs a shell command, captures stdout+stderr into out; returns the exit code. */
 static int run(const char *cmd, char *out, size_t len)
 {
+    static char home[700];
+    if (!home[0]) {
+        /* The commands record into a ledger of the tests' own. */
+        snprintf(home, sizeof home, "%s/coin-home", test_tmpdir());
+        setenv("COIN_HOME", home, 1);
+    }
     char full[4096];
     snprintf(full, sizeof full, "{ %s; } 2>&1", cmd);
     FILE *p = popen(full, "r");
@@ -246,6 +253,12 @@ TEST(cli_train_runs_resumes_and_refuses_bad_input)
              "--out %s/s.png && bin/coin show %s/s.png", out_dir, dir, dir);
     CHECK_EQ_INT(run(cmd, out, sizeof out), 0);
     CHECK_STR_CONTAINS(out, "TI hashes: \"<thumbs-up>: ");
+    /* Both runs and the sample are in the ledger. */
+    CHECK_EQ_INT(run("bin/coin runs", out, sizeof out), 0);
+    CHECK_STR_CONTAINS(out, "train  <thumbs-up>      model.safetensors        done");
+    CHECK_STR_CONTAINS(out, "     2/2");
+    CHECK_STR_CONTAINS(out, "     3/3");
+    CHECK_STR_CONTAINS(out, "sample -");
     CHECK_EQ_INT(run("bin/coin train --model x", out, sizeof out), 2);
     CHECK_STR_CONTAINS(out, "--images");
     snprintf(cmd, sizeof cmd, "bin/coin train --resume %s/nowhere", dir);

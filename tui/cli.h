@@ -18,6 +18,10 @@ int cmd_sample(int argc, char **argv);
 int cmd_show(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_regen(int argc, char **argv);
+int cmd_runs(int argc, char **argv);
+
+/* Hashes a file with a progress line for big ones; hex gets the sha256. */
+int cli_hash_file(const char *path, const char *what, char hex[65], coin_error *err);
 
 /* Prints "coin: <message>" for a failed core call and returns 1. */
 int cli_report(const coin_error *err);

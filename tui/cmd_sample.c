@@ -16,6 +16,7 @@
 #include "core/sample.h"
 #include "tui/cli.h"
 #include "tui/progress.h"
+#include "tui/record.h"
 
 static const char SAMPLE_HELP[] =
     "usage: coin sample --model MODEL --prompt TEXT --out PATH.png [options]\n"
@@ -91,7 +92,7 @@ static int on_hash(uint64_t done, uint64_t total, void *ctx)
     return 0;
 }
 
-static int hash_file(const char *path, const char *what, char hex[65], coin_error *err)
+int cli_hash_file(const char *path, const char *what, char hex[65], coin_error *err)
 {
     uint8_t digest[32];
     progress bar;
@@ -319,6 +320,7 @@ int cmd_sample(int argc, char **argv)
     sd_pipeline *p = NULL;
     float *pixels = NULL;
     hashes h;
+    recorder rec = {0};
     int status = 1;
     if (backend_by_name(&be, a.backend, &err) ||
         pipeline_open(&p, a.model, a.version, a.prediction, be, &err))
@@ -352,15 +354,29 @@ int cmd_sample(int argc, char **argv)
         fprintf(stderr, "warning: the prompt is longer than 75 tokens; %d token%s dropped: "
                 "\"%s\"\n", tr.n_dropped, tr.n_dropped == 1 ? " was" : "s were",
                 tr.dropped_at >= 0 ? a.prompt + tr.dropped_at : "");
-    if (hash_file(pipeline_model_file(p), "the model", h.model, &err))
+    if (cli_hash_file(pipeline_model_file(p), "the model", h.model, &err))
         goto done;
     for (int i = 0; i < p->n_embeddings; i++)
-        if (hash_file(p->embeddings[i].path, p->embeddings[i].token, h.embeddings[i], &err))
+        if (cli_hash_file(p->embeddings[i].path, p->embeddings[i].token, h.embeddings[i], &err))
             goto done;
     if (!(pixels = malloc((size_t)3 * sp.width * sp.height * sizeof(float)))) {
         coin_fail(&err, COIN_ENOMEM, "out of memory");
         goto done;
     }
+    char *params0 = NULL, *recipe0 = NULL;
+    if (describe(p, &sp, &h, be->name, &params0, &recipe0, &err))
+        goto done;
+    ledger_run lr = {.kind = "sample", .config_json = recipe0, .backend = be->name,
+                     .precision = "fp32", .coin_version = COIN_VERSION,
+                     .steps_planned = (int)a.batch};
+    record_start(&rec, &lr, p->ck->path, h.model, p->ck->version);
+    char emb_json[PIPELINE_MAX_EMBEDDINGS * 70 + 4] = "[";
+    for (int i = 0; i < p->n_embeddings; i++)
+        snprintf(emb_json + strlen(emb_json), sizeof emb_json - strlen(emb_json), "%s\"%s\"",
+                 i ? "," : "", h.embeddings[i]);
+    strcat(emb_json, "]");
+    free(params0);
+    free(recipe0);
     for (long long i = 0; i < a.batch; i++) {
         char path[4096], what[96], *params = NULL, *json = NULL;
         progress bar;
@@ -385,12 +401,20 @@ int cmd_sample(int argc, char **argv)
         free(json);
         if (rc)
             goto done;
+        ledger_sample ls = {
+            .prompt = sp.prompt, .negative = sp.negative, .seed = sp.seed, .steps = sp.steps,
+            .guidance = sp.cfg, .sampler = sampler_name(sp.sampler),
+            .schedule = sp.karras ? "karras" : "default", .width = sp.width, .height = sp.height,
+            .rng = rng_kind_name(sp.rng), .model_sha256 = h.model,
+            .embeddings_json = emb_json, .image_path = path};
+        record_sample(&rec, &ls);
         printf("%s\n", path);
     }
     status = 0;
 done:
     if (status)
         cli_report(&err);
+    record_finish(&rec, status ? "failed" : "done", status ? err.msg : NULL);
     free(pixels);
     pipeline_free(p);
     return status;
@@ -517,7 +541,7 @@ int cmd_regen(int argc, char **argv)
     sd_prediction pred = !strcmp(r.prediction, "v_prediction") ? PRED_V :
                          !strcmp(r.prediction, "epsilon") ? PRED_EPSILON : PRED_UNKNOWN;
     if (pipeline_open(&p, r.model.path, SD_UNKNOWN, pred, be, &err) ||
-        hash_file(pipeline_model_file(p), "the model", h.model, &err))
+        cli_hash_file(pipeline_model_file(p), "the model", h.model, &err))
         goto done;
     if (strcmp(h.model, r.model.sha256)) {
         coin_fail(&err, COIN_EINVAL, "%s is not the model that made %s: its sha256 is %.12s..., "
@@ -526,7 +550,7 @@ int cmd_regen(int argc, char **argv)
     }
     for (int i = 0; i < r.n_embeddings; i++) {
         if (pipeline_add_embedding(p, r.embeddings[i].path, &err) ||
-            hash_file(r.embeddings[i].path, r.embeddings[i].token, h.embeddings[i], &err))
+            cli_hash_file(r.embeddings[i].path, r.embeddings[i].token, h.embeddings[i], &err))
             goto done;
         if (strcmp(h.embeddings[i], r.embeddings[i].sha256)) {
             coin_fail(&err, COIN_EINVAL, "the embedding %s has changed since %s was made",

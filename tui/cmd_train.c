@@ -10,9 +10,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/checkpoint.h"
+#include "core/safetensors.h"
+#include "core/recipe.h"
 #include "core/ti.h"
 #include "tui/cli.h"
 #include "tui/progress.h"
+#include "tui/record.h"
 
 static const char TRAIN_HELP[] =
     "usage: coin train --model MODEL --images DIR --token WORD --init WORD [options]\n"
@@ -62,6 +66,7 @@ static void on_sigint(int sig)
 typedef struct train_view {
     progress bar;
     int started;
+    recorder rec;
 } train_view;
 
 static int on_report(void *ctx, const ti_report *r)
@@ -71,8 +76,11 @@ static int on_report(void *ctx, const ti_report *r)
         if (v->started && v->bar.tty)
             fputc('\n', stderr);
         fprintf(stderr, "%s\n", r->event);
+        if (!strncmp(r->event, "checkpoint ", 11))
+            record_checkpoint(&v->rec, r->step, r->event + 11);
         return interrupted;
     }
+    record_loss(&v->rec, r->step, r->loss, (float)r->lr);
     if (!v->started) {
         progress_start(&v->bar, "train", r->total);
         v->bar.start = progress_now();
@@ -112,6 +120,45 @@ static int copy_arg(const char *opt, char *dst, size_t len, const char *s)
     if (strlen(s) >= len)
         return cli_usage_error("train", "%s is too long", opt);
     strcpy(dst, s);
+    return 0;
+}
+
+/* Puts the run in the ledger: a new run's configuration (hashing the model
+ * once here, so the trainer need not), or a resumed one's saved state. */
+static int start_record(recorder *rec, ti_config *c, const char *resume,
+                        const coin_backend *be, coin_error *err)
+{
+    char *config = NULL, sha[65] = "", state[1200];
+    const char *model = NULL;
+    int version = 0;
+    if (resume) {
+        st_file *f;
+        snprintf(state, sizeof state, "%s/state.safetensors", resume);
+        if (st_open(&f, state, NULL) == 0) {
+            config = st_meta(f, "config") ? strdup(st_meta(f, "config")) : NULL;
+            st_close(f);
+        }
+    } else {
+        checkpoint *ck;
+        int rc = checkpoint_open(&ck, c->model, (sd_version)c->version, err);
+        if (rc)
+            return rc;
+        version = ck->version;
+        rc = cli_hash_file(checkpoint_main_file(ck), "the model", sha, err);
+        checkpoint_close(ck);
+        if (rc)
+            return rc;
+        snprintf(c->model_sha256, sizeof c->model_sha256, "%s", sha);
+        model = c->model;
+        config = ti_config_to_json(c);
+    }
+    ledger_run run = {
+        .kind = "train", .config_json = config ? config : "{}", .trigger = resume ? NULL : c->token,
+        .initializer = resume ? NULL : c->init_word, .images_dir = resume ? NULL : c->images,
+        .image_hashes_json = "[]", .backend = be->name, .precision = "fp32",
+        .coin_version = COIN_VERSION, .steps_planned = c->steps};
+    record_start(rec, &run, model, sha, version);
+    free(config);
     return 0;
 }
 
@@ -222,10 +269,14 @@ int cmd_train(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     train_view view = {0};
     ti_result res;
+    if (start_record(&view.rec, &c, resume, be, &err))
+        return cli_report(&err);
     rc = resume ? ti_resume(resume, steps_given ? c.steps : 0, be, on_report, &view, &res, &err)
                 : ti_train(&c, be, on_report, &view, &res, &err);
     if (view.started && view.bar.tty)
         fputc('\n', stderr);
+    record_finish(&view.rec, rc ? "failed" : res.stopped ? "stopped" : "done",
+                  rc ? err.msg : NULL);
     if (rc)
         return cli_report(&err);
     const char *dir = resume ? resume : c.out_dir;

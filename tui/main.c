@@ -23,13 +23,14 @@ static const char USAGE[] =
     "  show IMAGE.png       how an image was made (AUTOMATIC1111 text, coin recipe)\n"
     "  train                textual inversion: learn a trigger word from images\n"
     "  regen IMAGE.png      make an image again from its recipe and compare the pixels\n"
+    "  runs                 the runs in the ledger ($COIN_HOME), newest first\n"
     "  help                 this text\n"
     "\n"
     "MODEL is a single-file .safetensors checkpoint (SD 1.x or 2.x, LDM layout) or\n"
     "a diffusers folder.  Pickle .ckpt/.pt files are refused with the command that\n"
     "converts them.\n"
     "\n"
-    "Not built yet: the run ledger, the worker and the workbench.\n";
+    "Not built yet: the detached worker and the workbench.\n";
 
 int cli_report(const coin_error *err)
 {
@@ -75,6 +76,7 @@ int main(int argc, char **argv)
         {"show", cmd_show},
         {"train", cmd_train},
         {"regen", cmd_regen},
+        {"runs", cmd_runs},
     };
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(cmd, commands[i].name))

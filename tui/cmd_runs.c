@@ -1,0 +1,54 @@
+/*
+ * cmd_runs.c - `coin runs`: the runs in the ledger, newest first.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "db/ledger.h"
+#include "tui/cli.h"
+
+static const char RUNS_HELP[] =
+    "usage: coin runs\n"
+    "\n"
+    "Lists every training and sampling run in the ledger ($COIN_HOME, default\n"
+    "~/.local/share/coin), newest first: id, kind, trigger, model, status,\n"
+    "step / steps, last loss, start time.\n";
+
+static int print_row(void *ctx, const ledger_run_row *r)
+{
+    (void)ctx;
+    char started[32] = "-", loss[16] = "-";
+    if (r->started_at) {
+        time_t t = (time_t)r->started_at;
+        strftime(started, sizeof started, "%Y-%m-%d %H:%M", localtime(&t));
+    }
+    if (!isnan(r->last_loss))
+        snprintf(loss, sizeof loss, "%.4f", r->last_loss);
+    const char *model = strrchr(r->model_path, '/');
+    printf("%5lld  %-6s %-16.16s %-24.24s %-11s %6d/%-6d %8s  %s\n", (long long)r->id, r->kind,
+           r->trigger[0] ? r->trigger : "-", model ? model + 1 : r->model_path[0] ? r->model_path : "-",
+           r->status, r->step, r->steps, loss, started);
+    return 0;
+}
+
+int cmd_runs(int argc, char **argv)
+{
+    if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        fputs(RUNS_HELP, stdout);
+        return 0;
+    }
+    if (argc != 1)
+        return cli_usage_error("runs", "takes no arguments");
+    coin_error err = {0};
+    char path[4096];
+    ledger *l;
+    if (ledger_default_path(path, sizeof path, &err) || ledger_open(&l, path, &err))
+        return cli_report(&err);
+    printf("%5s  %-6s %-16s %-24s %-11s %13s %8s  %s\n", "id", "kind", "trigger", "model",
+           "status", "step/steps", "loss", "started");
+    int rc = ledger_list_runs(l, print_row, NULL, &err);
+    ledger_close(l);
+    return rc ? cli_report(&err) : 0;
+}

@@ -1,0 +1,110 @@
+/*
+ * record.c - the command line's writes into the run ledger (record.h).
+ */
+#include "tui/record.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/infotext.h"
+
+static void warn(recorder *r, const coin_error *err)
+{
+    fprintf(stderr, "warning: the run ledger: %s%s\n", err->msg,
+            r->l ? "" : " (the job goes on unrecorded)");
+}
+
+void record_start(recorder *r, ledger_run *run, const char *model_path,
+                  const char *model_sha256, int version)
+{
+    memset(r, 0, sizeof *r);
+    coin_error err = {0};
+    char path[4096], host[256] = "";
+    if (ledger_default_path(path, sizeof path, &err) || ledger_open(&r->l, path, &err)) {
+        r->l = NULL;
+        warn(r, &err);
+        return;
+    }
+    gethostname(host, sizeof host - 1);
+    run->host = host;
+    int64_t model = 0;
+    if (model_path && model_sha256 && model_sha256[0] &&
+        ledger_upsert_model(r->l, model_path, model_sha256, version, &model, &err))
+        warn(r, &err);
+    run->model_id = model;
+    if (ledger_insert_run(r->l, run, &r->run, &err) ||
+        ledger_set_run_status(r->l, r->run, "running", NULL, &err)) {
+        warn(r, &err);
+        ledger_close(r->l);
+        r->l = NULL;
+    }
+}
+
+void record_flush(recorder *r)
+{
+    coin_error err = {0};
+    if (r->l && r->n && ledger_record_losses(r->l, r->run, r->steps, r->loss, r->lr,
+                                             (size_t)r->n, &err))
+        warn(r, &err);
+    r->n = 0;
+}
+
+void record_loss(recorder *r, int step, float loss, float lr)
+{
+    if (!r->l)
+        return;
+    r->steps[r->n] = step;
+    r->loss[r->n] = loss;
+    r->lr[r->n] = lr;
+    if (++r->n == RECORD_BATCH)
+        record_flush(r);
+}
+
+/* sha256 of a (small) file as hex, or "" when it cannot be read. */
+static void file_sha(const char *path, char hex[65])
+{
+    uint8_t digest[32];
+    hex[0] = '\0';
+    if (!sha256_file(path, digest, NULL, NULL, NULL))
+        sha256_hex(digest, hex);
+}
+
+void record_checkpoint(recorder *r, int step, const char *path)
+{
+    if (!r->l)
+        return;
+    char sha[65];
+    coin_error err = {0};
+    int64_t id;
+    record_flush(r);
+    file_sha(path, sha);
+    if (ledger_insert_checkpoint(r->l, r->run, step, path, sha, &id, &err))
+        warn(r, &err);
+}
+
+void record_sample(recorder *r, ledger_sample *s)
+{
+    if (!r->l)
+        return;
+    char sha[65];
+    coin_error err = {0};
+    int64_t id;
+    file_sha(s->image_path, sha);
+    s->run = r->run;
+    s->image_sha256 = sha;
+    if (ledger_insert_sample(r->l, s, &id, &err))
+        warn(r, &err);
+}
+
+void record_finish(recorder *r, const char *status, const char *error)
+{
+    if (!r->l)
+        return;
+    coin_error err = {0};
+    record_flush(r);
+    if (ledger_set_run_status(r->l, r->run, status, error, &err))
+        warn(r, &err);
+    ledger_close(r->l);
+    r->l = NULL;
+}

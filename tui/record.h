@@ -1,0 +1,41 @@
+/*
+ * record.h - what the command line writes into the run ledger (db/ledger.h):
+ * a run per `coin train` or `coin sample`, its losses, checkpoints and
+ * images.  A ledger that cannot be opened is reported once and the job goes
+ * on without it: losing the record must not lose the work.
+ */
+#ifndef COIN_RECORD_H
+#define COIN_RECORD_H
+
+#include <stdint.h>
+
+#include "db/ledger.h"
+
+#define RECORD_BATCH 50
+
+typedef struct recorder {
+    ledger *l;                  /* NULL: no ledger this time */
+    int64_t run;
+    int n;                      /* buffered losses */
+    int steps[RECORD_BATCH];
+    float loss[RECORD_BATCH], lr[RECORD_BATCH];
+} recorder;
+
+/* Opens the ledger ($COIN_HOME or ~/.local/share/coin) and inserts a run
+ * described by run (kind, config, ...), marked running.  model_path,
+ * model_sha256 and version (1, 2 or 0) identify the model. */
+void record_start(recorder *r, ledger_run *run, const char *model_path,
+                  const char *model_sha256, int version);
+/* Buffers one training step's loss; writes a batch when the buffer fills. */
+void record_loss(recorder *r, int step, float loss, float lr);
+/* Writes buffered losses. */
+void record_flush(recorder *r);
+/* Records a checkpoint file written at step (hashing it). */
+void record_checkpoint(recorder *r, int step, const char *path);
+/* Records an image (hashing the file); s->run is filled in. */
+void record_sample(recorder *r, ledger_sample *s);
+/* Flushes, sets the final status ("done", "stopped", "failed") with the
+ * error text, and closes the ledger. */
+void record_finish(recorder *r, const char *status, const char *error);
+
+#endif
