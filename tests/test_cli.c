@@ -6,8 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/wait.h>
-#include <stdlib.h>
 
+#include "core/embedding.h"
+#include "core/image.h"
 #include "core/safetensors.h"
 #include "test.h"
 
@@ -213,8 +214,6 @@ TEST(cli_sample_refuses_bad_values_before_work)
     CHECK_EQ_INT(run("bin/coin show tests/golden/sd1/model.safetensors", out, sizeof out), 1);
 }
 
-#include "core/image.h"
-
 TEST(cli_train_runs_resumes_and_refuses_bad_input)
 {
     const char *dir = test_tmpdir();
@@ -286,4 +285,37 @@ TEST(cli_regen_makes_the_same_pixels_and_notices_changed_models)
     /* An image without a recipe. */
     CHECK_EQ_INT(run("bin/coin regen tests/golden/image/png_ga8.png", out, sizeof out), 1);
     CHECK_STR_CONTAINS(out, "has no coin recipe");
+}
+
+TEST(cli_rate_and_export)
+{
+    const char *dir = test_tmpdir();
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "bin/coin sample --model tests/golden/sd1/model.safetensors "
+             "--prompt cat --steps 2 --batch 2 --out %s/r.png", dir);
+    REQUIRE(run(cmd, out, sizeof out) == 0);
+    /* Sample 1 exists in this ledger whatever ran before. */
+    CHECK_EQ_INT(run("bin/coin rate 1 good --note 'nice'", out, sizeof out), 0);
+    CHECK_STR_CONTAINS(out, "% good (the bar is 75%)");
+    CHECK_EQ_INT(run("bin/coin rate 1 meh", out, sizeof out), 2);
+    CHECK_EQ_INT(run("bin/coin rate 999999 good", out, sizeof out), 1);
+    /* AUTOMATIC1111 .pt -> diffusers -> a1111 -> kohya keeps the vectors. */
+    snprintf(cmd, sizeof cmd, "bin/coin export tests/golden/pt/a1111_3vec_f16.pt --format "
+             "diffusers --token '<x>' --out %s/d.safetensors && bin/coin export %s/d.safetensors "
+             "--format a1111 --out %s/a.safetensors && bin/coin export %s/a.safetensors --format "
+             "kohya --out %s/k.safetensors", dir, dir, dir, dir, dir);
+    CHECK_EQ_INT(run(cmd, out, sizeof out), 0);
+    ti_embedding a, b;
+    coin_error err = {0};
+    char path[800];
+    REQUIRE_OK(embedding_load(&a, "tests/golden/pt/a1111_3vec_f16.pt", NULL, &err), &err);
+    snprintf(path, sizeof path, "%s/k.safetensors", dir);
+    REQUIRE_OK(embedding_load(&b, path, NULL, &err), &err);
+    CHECK_EQ_INT(b.n_vectors, 3);
+    CHECK(!strcmp(b.token, "k"));
+    CHECK(a.n_vectors * a.width == b.n_vectors * b.width &&
+          !memcmp(a.vectors, b.vectors, (size_t)(a.n_vectors * a.width) * sizeof(float)));
+    embedding_free(&a);
+    embedding_free(&b);
+    CHECK_EQ_INT(run("bin/coin export x --format onnx --out y", out, sizeof out), 2);
 }

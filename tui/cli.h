@@ -19,6 +19,8 @@ int cmd_show(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_regen(int argc, char **argv);
 int cmd_runs(int argc, char **argv);
+int cmd_rate(int argc, char **argv);
+int cmd_export(int argc, char **argv);
 
 /* Hashes a file with a progress line for big ones; hex gets the sha256. */
 int cli_hash_file(const char *path, const char *what, char hex[65], coin_error *err);

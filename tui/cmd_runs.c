@@ -2,6 +2,7 @@
  * cmd_runs.c - `coin runs`: the runs in the ledger, newest first.
  */
 #include <math.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -49,6 +50,51 @@ int cmd_runs(int argc, char **argv)
     printf("%5s  %-6s %-16s %-24s %-11s %13s %8s  %s\n", "id", "kind", "trigger", "model",
            "status", "step/steps", "loss", "started");
     int rc = ledger_list_runs(l, print_row, NULL, &err);
+    ledger_close(l);
+    return rc ? cli_report(&err) : 0;
+}
+
+static const char RATE_HELP[] =
+    "usage: coin rate SAMPLE good|bad [--note TEXT]\n"
+    "\n"
+    "Rates a sample of the ledger (its id is printed by coin sample's runs; see\n"
+    "coin runs) and prints its run's acceptance: the share of rated images that\n"
+    "are good.  Our users call a trigger word working at 75%.\n";
+
+int cmd_rate(int argc, char **argv)
+{
+    if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        fputs(RATE_HELP, stdout);
+        return 0;
+    }
+    const char *note = NULL;
+    if (argc == 5 && !strcmp(argv[3], "--note"))
+        note = argv[4];
+    else if (argc != 3)
+        return cli_usage_error("rate", "give SAMPLE and good or bad");
+    char *end;
+    long long id = strtoll(argv[1], &end, 10);
+    if (!*argv[1] || *end || id < 1)
+        return cli_usage_error("rate", "SAMPLE is a sample id, not '%s'", argv[1]);
+    int good = !strcmp(argv[2], "good");
+    if (!good && strcmp(argv[2], "bad"))
+        return cli_usage_error("rate", "a rating is good or bad, not '%s'", argv[2]);
+    coin_error err = {0};
+    char path[4096];
+    ledger *l;
+    ledger_sample s;
+    if (ledger_default_path(path, sizeof path, &err) || ledger_open(&l, path, &err))
+        return cli_report(&err);
+    int rc = ledger_get_sample(l, id, &s, &err);
+    if (!rc) {
+        rc = ledger_rate_sample(l, id, good, note, &err);
+        double share;
+        int rated;
+        if (!rc && s.run && !(rc = ledger_acceptance(l, s.run, &share, &rated, &err)))
+            printf("run %lld: %d rated, %.0f%% good (the bar is 75%%)\n", (long long)s.run, rated,
+                   100 * share);
+        ledger_sample_free(&s);
+    }
     ledger_close(l);
     return rc ? cli_report(&err) : 0;
 }

@@ -24,6 +24,8 @@ static const char USAGE[] =
     "  train                textual inversion: learn a trigger word from images\n"
     "  regen IMAGE.png      make an image again from its recipe and compare the pixels\n"
     "  runs                 the runs in the ledger ($COIN_HOME), newest first\n"
+    "  rate SAMPLE good|bad rate an image; prints the run's acceptance\n"
+    "  export EMBEDDING     convert an embedding to diffusers, a1111 or kohya form\n"
     "  help                 this text\n"
     "\n"
     "MODEL is a single-file .safetensors checkpoint (SD 1.x or 2.x, LDM layout) or\n"
@@ -77,6 +79,8 @@ int main(int argc, char **argv)
         {"train", cmd_train},
         {"regen", cmd_regen},
         {"runs", cmd_runs},
+        {"rate", cmd_rate},
+        {"export", cmd_export},
     };
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(cmd, commands[i].name))
