@@ -17,6 +17,8 @@
 #include <errno.h>
 #include <math.h>
 #include <sqlite3.h>
+#include <signal.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,6 +108,8 @@ static const char *const migrations[LEDGER_SCHEMA_VERSION] = {
     "  good INTEGER NOT NULL CHECK(good IN (0,1)),"
     "  note TEXT,"
     "  rated_at INTEGER NOT NULL);",
+    /* 1 -> 2: the process that runs a run, to tell a crash from a live job. */
+    "ALTER TABLE runs ADD COLUMN pid INTEGER NOT NULL DEFAULT 0;",
 };
 
 static const char *const run_statuses[] = {
@@ -570,6 +574,7 @@ int ledger_set_run_status(ledger *l, int64_t run, const char *status,
                      "UPDATE runs SET status = ?1, error = ?2, "
                      "started_at = CASE WHEN ?1 = 'running' THEN COALESCE(started_at, ?3) "
                      "ELSE started_at END, "
+                     "pid = CASE WHEN ?1 = 'running' THEN ?5 ELSE pid END, "
                      "ended_at = CASE WHEN ?1 IN ('stopped','done','failed','interrupted') "
                      "THEN ?3 ELSE NULL END WHERE id = ?4",
                      &st, "setting a run's status", err);
@@ -579,6 +584,7 @@ int ledger_set_run_status(ledger *l, int64_t run, const char *status,
     bind_text(st, 2, error_text);
     sqlite3_bind_int64(st, 3, now_s());
     sqlite3_bind_int64(st, 4, run);
+    sqlite3_bind_int64(st, 5, (int64_t)getpid());
     int changed = 0;
     rc = run_write(l, st, NULL, &changed, "setting a run's status", err);
     if (!rc && changed == 0)
@@ -601,6 +607,32 @@ int ledger_mark_interrupted(ledger *l, int *n, coin_error *err)
     rc = run_write(l, st, NULL, &changed, "marking interrupted runs", err);
     if (!rc && n)
         *n = changed;
+    return rc;
+}
+
+int ledger_mark_dead_runs(ledger *l, const char *host, int *n, coin_error *err)
+{
+    /* A run is dead when its process on this host is gone: kill(pid, 0)
+     * asks without sending anything. */
+    sqlite3_stmt *st;
+    int64_t dead[256];
+    int n_dead = 0;
+    int rc = prepare(l, "SELECT id, pid FROM runs WHERE status = 'running' AND host = ?",
+                     &st, "looking for crashed runs", err);
+    if (rc)
+        return rc;
+    bind_text(st, 1, host);
+    while (sqlite3_step(st) == SQLITE_ROW && n_dead < 256) {
+        pid_t pid = (pid_t)sqlite3_column_int64(st, 1);
+        if (pid <= 0 || (kill(pid, 0) == -1 && errno == ESRCH))
+            dead[n_dead++] = sqlite3_column_int64(st, 0);
+    }
+    sqlite3_finalize(st);
+    for (int i = 0; i < n_dead && !rc; i++)
+        rc = ledger_set_run_status(l, dead[i], "interrupted",
+                                   "the process running it ended without finishing it", err);
+    if (!rc && n)
+        *n = n_dead;
     return rc;
 }
 

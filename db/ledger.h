@@ -25,7 +25,7 @@
 #include "core/error.h"
 
 /* The schema version this build writes and understands. */
-#define LEDGER_SCHEMA_VERSION 1
+#define LEDGER_SCHEMA_VERSION 2
 
 typedef struct ledger ledger;
 
@@ -159,6 +159,11 @@ int ledger_run_summary(ledger *l, int64_t run, ledger_run_row *out, coin_error *
  * walk and is returned. */
 typedef int (*ledger_run_fn)(void *ctx, const ledger_run_row *row);
 int ledger_list_runs(ledger *l, ledger_run_fn fn, void *ctx, coin_error *err);
+
+/* Marks 'running' runs of this host whose process no longer exists as
+ * 'interrupted' (a crash, a kill -9, a lost machine): what any coin start
+ * does before it shows or starts runs.  *n (may be NULL) gets the count. */
+int ledger_mark_dead_runs(ledger *l, const char *host, int *n, coin_error *err);
 
 /* Marks every "running" run "interrupted" (with its end time): called at
  * start-up, when no worker can be running, after a crash left runs behind.

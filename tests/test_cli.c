@@ -319,3 +319,30 @@ TEST(cli_rate_and_export)
     embedding_free(&b);
     CHECK_EQ_INT(run("bin/coin export x --format onnx --out y", out, sizeof out), 2);
 }
+
+TEST(cli_killed_training_is_marked_interrupted_and_its_checkpoint_is_intact)
+{
+    const char *dir = test_tmpdir();
+    char cmd[3000], images[700];
+    snprintf(images, sizeof images, "%s/images", dir);
+    snprintf(cmd, sizeof cmd, "mkdir -p %s && cp tests/golden/image/png_ga8.png %s/a.png", images,
+             images);
+    REQUIRE(run(cmd, out, sizeof out) == 0);
+    /* kill -9 once the first checkpoint exists, as a crash would. */
+    snprintf(cmd, sizeof cmd,
+             "bin/coin train --model tests/golden/sd1/model.safetensors --images %s "
+             "--token '<crash>' --init hand --steps 1000000 --batch 1 --save-every 3 "
+             "--previews 0 --out %s/run >/dev/null 2>&1 & pid=$!; "
+             "for i in $(seq 300); do [ -f %s/run/state.safetensors ] && break; sleep 0.1; done; "
+             "kill -9 $pid; wait $pid; bin/coin runs", images, dir, dir);
+    CHECK_EQ_INT(run(cmd, out, sizeof out), 0);
+    CHECK_STR_CONTAINS(out, "<crash>");
+    CHECK_STR_CONTAINS(out, "interrupted");
+    ti_embedding e;
+    coin_error err = {0};
+    char path[800];
+    snprintf(path, sizeof path, "%s/run/learned_embeds.safetensors", dir);
+    REQUIRE_OK(embedding_load(&e, path, NULL, &err), &err);
+    CHECK(!strcmp(e.token, "<crash>"));
+    embedding_free(&e);
+}

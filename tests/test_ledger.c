@@ -586,3 +586,46 @@ TEST(ledger_default_path_uses_coin_home)
     REQUIRE_OK(ledger_open(&l, buf, &err), &err);
     ledger_close(l);
 }
+
+TEST(ledger_dead_runs_are_marked_interrupted)
+{
+    char path[700], sql[256];
+    db_path(path, sizeof path, "dead.db");
+    coin_error err = {0};
+    ledger *l;
+    REQUIRE_OK(ledger_open(&l, path, &err), &err);
+    /* Two runs of host "here": one of this (live) process, one whose
+     * process has exited. */
+    ledger_run r = {.kind = "train", .host = "here", .steps_planned = 10};
+    int64_t live, dead, other;
+    REQUIRE_OK(ledger_insert_run(l, &r, &live, &err), &err);
+    REQUIRE_OK(ledger_insert_run(l, &r, &dead, &err), &err);
+    r.host = "elsewhere";
+    REQUIRE_OK(ledger_insert_run(l, &r, &other, &err), &err);
+    REQUIRE_OK(ledger_set_run_status(l, live, "running", NULL, &err), &err);
+    REQUIRE_OK(ledger_set_run_status(l, dead, "running", NULL, &err), &err);
+    REQUIRE_OK(ledger_set_run_status(l, other, "running", NULL, &err), &err);
+    CHECK_EQ_INT(raw_int(path, "SELECT pid FROM runs WHERE id = 1"), getpid());
+    pid_t child = fork();
+    if (child == 0)
+        _exit(0);
+    waitpid(child, NULL, 0);
+    snprintf(sql, sizeof sql, "UPDATE runs SET pid = %d WHERE id = %lld", (int)child,
+             (long long)dead);
+    REQUIRE(raw_exec(path, sql) == SQLITE_OK);
+    int n = -1;
+    REQUIRE_OK(ledger_mark_dead_runs(l, "here", &n, &err), &err);
+    CHECK_EQ_INT(n, 1);
+    ledger_run got;
+    REQUIRE_OK(ledger_get_run(l, dead, &got, &err), &err);
+    CHECK(!strcmp(got.status, "interrupted"));
+    ledger_run_free(&got);
+    REQUIRE_OK(ledger_get_run(l, live, &got, &err), &err);
+    CHECK(!strcmp(got.status, "running"));
+    ledger_run_free(&got);
+    /* Another host's runs are not this machine's to judge. */
+    REQUIRE_OK(ledger_get_run(l, other, &got, &err), &err);
+    CHECK(!strcmp(got.status, "running"));
+    ledger_run_free(&got);
+    ledger_close(l);
+}

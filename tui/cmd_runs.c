@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "db/ledger.h"
 #include "tui/cli.h"
@@ -45,8 +46,14 @@ int cmd_runs(int argc, char **argv)
     coin_error err = {0};
     char path[4096];
     ledger *l;
+    char host[256] = "";
+    gethostname(host, sizeof host - 1);
     if (ledger_default_path(path, sizeof path, &err) || ledger_open(&l, path, &err))
         return cli_report(&err);
+    if (ledger_mark_dead_runs(l, host, NULL, &err)) {
+        ledger_close(l);
+        return cli_report(&err);
+    }
     printf("%5s  %-6s %-16s %-24s %-11s %13s %8s  %s\n", "id", "kind", "trigger", "model",
            "status", "step/steps", "loss", "started");
     int rc = ledger_list_runs(l, print_row, NULL, &err);

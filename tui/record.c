@@ -28,6 +28,9 @@ void record_start(recorder *r, ledger_run *run, const char *model_path,
     }
     gethostname(host, sizeof host - 1);
     run->host = host;
+    /* A run left 'running' by a process that died is over: say so. */
+    if (ledger_mark_dead_runs(r->l, host, NULL, &err))
+        warn(r, &err);
     int64_t model = 0;
     if (model_path && model_sha256 && model_sha256[0] &&
         ledger_upsert_model(r->l, model_path, model_sha256, version, &model, &err))
