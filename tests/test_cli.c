@@ -298,6 +298,15 @@ TEST(cli_rate_and_export)
     CHECK_EQ_INT(run("bin/coin rate 1 good --note 'nice'", out, sizeof out), 0);
     CHECK_STR_CONTAINS(out, "% good (the bar is 75%)");
     CHECK_EQ_INT(run("bin/coin rate 1 meh", out, sizeof out), 2);
+    /* What the ledger holds, and the stored image made again from it. */
+    CHECK_EQ_INT(run("bin/coin show sample 1", out, sizeof out), 0);
+    CHECK_STR_CONTAINS(out, "sample 1 of run ");
+    CHECK_STR_CONTAINS(out, "image sha256 ");
+    CHECK_EQ_INT(run("bin/coin show run 1", out, sizeof out), 0);
+    CHECK_STR_CONTAINS(out, "run 1: sample, done");
+    CHECK_EQ_INT(run("bin/coin regen 1", out, sizeof out), 0);
+    CHECK_STR_CONTAINS(out, "-regen.png: identical to");
+    CHECK_EQ_INT(run("bin/coin show run 99999", out, sizeof out), 1);
     CHECK_EQ_INT(run("bin/coin rate 999999 good", out, sizeof out), 1);
     /* AUTOMATIC1111 .pt -> diffusers -> a1111 -> kohya keeps the vectors. */
     snprintf(cmd, sizeof cmd, "bin/coin export tests/golden/pt/a1111_3vec_f16.pt --format "

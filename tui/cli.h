@@ -21,6 +21,10 @@ int cmd_regen(int argc, char **argv);
 int cmd_runs(int argc, char **argv);
 int cmd_rate(int argc, char **argv);
 int cmd_export(int argc, char **argv);
+/* `coin show run N` / `coin show sample N`, from the ledger. */
+int cmd_show_ledger(const char *what, const char *id_text);
+/* The image file the ledger holds for sample id_text (*out malloc'd). */
+int cli_sample_image_path(const char *id_text, char **out, coin_error *err);
 
 /* Hashes a file with a progress line for big ones; hex gets the sha256. */
 int cli_hash_file(const char *path, const char *what, char hex[65], coin_error *err);

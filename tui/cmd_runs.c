@@ -105,3 +105,82 @@ int cmd_rate(int argc, char **argv)
     ledger_close(l);
     return rc ? cli_report(&err) : 0;
 }
+
+/* `coin show run N` and `coin show sample N` (cmd_show hands these over). */
+int cmd_show_ledger(const char *what, const char *id_text)
+{
+    char *end;
+    long long id = strtoll(id_text, &end, 10);
+    if (!*id_text || *end || id < 1)
+        return cli_usage_error("show", "%s takes a number, not '%s'", what, id_text);
+    coin_error err = {0};
+    char path[4096];
+    ledger *l;
+    if (ledger_default_path(path, sizeof path, &err) || ledger_open(&l, path, &err))
+        return cli_report(&err);
+    int rc;
+    if (!strcmp(what, "run")) {
+        ledger_run r;
+        ledger_run_row row;
+        if (!(rc = ledger_get_run(l, id, &r, &err)) &&
+            !(rc = ledger_run_summary(l, id, &row, &err))) {
+            printf("run %lld: %s, %s, step %d of %d", id, r.kind, r.status, row.step, row.steps);
+            if (!isnan(row.last_loss))
+                printf(", last loss %.4f", row.last_loss);
+            printf("\nmodel:   %s\n", row.model_path[0] ? row.model_path : "-");
+            if (r.trigger)
+                printf("trigger: %s (from \"%s\")\n", r.trigger, r.initializer ? r.initializer : "");
+            printf("backend: %s %s, coin %s on %s\n", r.backend ? r.backend : "-",
+                   r.precision ? r.precision : "", r.coin_version ? r.coin_version : "-",
+                   r.host ? r.host : "-");
+            if (r.error)
+                printf("error:   %s\n", r.error);
+            printf("config:  %s\n", r.config_json ? r.config_json : "{}");
+            double share;
+            int rated;
+            if (!ledger_acceptance(l, id, &share, &rated, &err) && rated)
+                printf("rated:   %d, %.0f%% good\n", rated, 100 * share);
+            ledger_run_free(&r);
+        }
+    } else {
+        ledger_sample s;
+        if (!(rc = ledger_get_sample(l, id, &s, &err))) {
+            printf("sample %lld of run %lld: %s\n", id, (long long)s.run,
+                   s.image_path ? s.image_path : "-");
+            printf("prompt:  %s\nnegative: %s\n", s.prompt, s.negative ? s.negative : "");
+            printf("seed %llu, %d steps, guidance %g, %s (%s), %dx%d, rng %s\n",
+                   (unsigned long long)s.seed, s.steps, s.guidance, s.sampler ? s.sampler : "-",
+                   s.schedule ? s.schedule : "-", s.width, s.height, s.rng ? s.rng : "-");
+            printf("model sha256 %s\nimage sha256 %s\n", s.model_sha256 ? s.model_sha256 : "-",
+                   s.image_sha256 ? s.image_sha256 : "-");
+            ledger_sample_free(&s);
+        }
+    }
+    ledger_close(l);
+    return rc ? cli_report(&err) : 0;
+}
+
+/* The image file of sample N, for `coin regen N`; *out is malloc'd. */
+int cli_sample_image_path(const char *id_text, char **out, coin_error *err)
+{
+    char *end;
+    long long id = strtoll(id_text, &end, 10);
+    *out = NULL;
+    if (!*id_text || *end || id < 1)
+        return coin_fail(err, COIN_EINVAL, "'%s' is not a sample id", id_text);
+    char path[4096];
+    ledger *l;
+    ledger_sample s;
+    int rc = ledger_default_path(path, sizeof path, err);
+    if (!rc)
+        rc = ledger_open(&l, path, err);
+    if (rc)
+        return rc;
+    if (!(rc = ledger_get_sample(l, id, &s, err))) {
+        if (!s.image_path || !(*out = strdup(s.image_path)))
+            rc = coin_fail(err, COIN_ENOTFOUND, "sample %lld has no image file", id);
+        ledger_sample_free(&s);
+    }
+    ledger_close(l);
+    return rc;
+}

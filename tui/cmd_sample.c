@@ -421,12 +421,12 @@ done:
 }
 
 static const char SHOW_HELP[] =
-    "usage: coin show IMAGE.png\n"
+    "usage: coin show IMAGE.png | run N | sample N\n"
     "\n"
     "Prints how IMAGE was made: AUTOMATIC1111's parameters text (as stable-diffusion\n"
     "webui writes it and most tools read it) and, for coin's images, the recipe that\n"
     "regenerates it bit for bit: model and embedding sha256, seed, sampler, RNG,\n"
-    "backend and precision.\n";
+    "backend and precision.  With run N or sample N: what the ledger recorded.\n";
 
 int cmd_show(int argc, char **argv)
 {
@@ -434,8 +434,10 @@ int cmd_show(int argc, char **argv)
         fputs(SHOW_HELP, stdout);
         return 0;
     }
+    if (argc == 3 && (!strcmp(argv[1], "run") || !strcmp(argv[1], "sample")))
+        return cmd_show_ledger(argv[1], argv[2]);
     if (argc != 2 || argv[1][0] == '-')
-        return cli_usage_error("show", "give exactly one IMAGE.png");
+        return cli_usage_error("show", "give IMAGE.png, run N or sample N");
     coin_error err = {0};
     image_text_list texts = {0};
     if (image_read_png_text(argv[1], &texts, &err))
@@ -475,7 +477,7 @@ int cmd_show(int argc, char **argv)
 }
 
 static const char REGEN_HELP[] =
-    "usage: coin regen IMAGE.png [--out NEW.png] [--backend B]\n"
+    "usage: coin regen IMAGE.png|SAMPLE [--out NEW.png] [--backend B]\n"
     "\n"
     "Makes IMAGE again from the recipe coin stored in it: the same model and\n"
     "embeddings (checked by sha256), prompt, seed, sampler, steps, guidance, size\n"
@@ -504,8 +506,15 @@ int cmd_regen(int argc, char **argv)
             return cli_usage_error("regen", "bad option");
     }
     if (optind != argc - 1)
-        return cli_usage_error("regen", "give exactly one IMAGE.png");
+        return cli_usage_error("regen", "give exactly one IMAGE.png or SAMPLE id");
     const char *image = argv[optind];
+    char *from_ledger = NULL;
+    coin_error lerr = {0};
+    if (image[strspn(image, "0123456789")] == '\0') {
+        if (cli_sample_image_path(image, &from_ledger, &lerr))
+            return cli_report(&lerr);
+        image = from_ledger;
+    }
     char out_buf[4096];
     if (!out) {
         const char *dot = strrchr(image, '.');
@@ -618,5 +627,6 @@ done:
     pipeline_free(p);
     recipe_free(&r);
     image_text_list_free(&texts);
+    free(from_ledger);
     return status;
 }
