@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -985,6 +987,41 @@ static int run(trainer *t, ti_report_fn report, void *ctx, ti_result *res, coin_
     return rc;
 }
 
+/* Takes the folder's lock (a flock on DIR/train.lock, released when the
+ * process ends, however it ends), so that two trainers never write one
+ * folder: a run being paused finishes its checkpoint before its resumption
+ * starts.  Waits up to wait_s seconds. */
+static int lock_folder(const char *dir, int wait_s, int *fd, coin_error *err)
+{
+    char path[1200];
+    int rc = path_join(path, sizeof path, dir, "train.lock", err);
+    if (rc)
+        return rc;
+    *fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (*fd < 0)
+        return coin_fail(err, COIN_EIO, "cannot write in %s: %s", dir, strerror(errno));
+    for (int i = 0; i <= wait_s * 10; i++) {
+        if (flock(*fd, LOCK_EX | LOCK_NB) == 0)
+            return 0;
+        if (errno != EWOULDBLOCK)
+            break;
+        if (i < wait_s * 10)
+            usleep(100000);
+    }
+    close(*fd);
+    *fd = -1;
+    return coin_fail(err, COIN_EINVAL, "another coin process is training in %s; wait for it, or "
+                     "stop it (coin stop RUN)", dir);
+}
+
+int ti_wait_for_folder(const char *dir, int wait_s, coin_error *err)
+{
+    int fd, rc = lock_folder(dir, wait_s, &fd, err);
+    if (!rc)
+        close(fd);
+    return rc;
+}
+
 int ti_train(const ti_config *c, const coin_backend *be, ti_report_fn report, void *ctx,
              ti_result *res, coin_error *err)
 {
@@ -1009,12 +1046,17 @@ int ti_train(const ti_config *c, const coin_backend *be, ti_report_fn report, vo
         return coin_fail(err, COIN_EIO, "cannot write in %s: %s", c->out_dir, strerror(errno));
     fclose(f);
     unlink(probe);
-    rc = setup(&t, c, be, report, ctx, err);
+    int lock = -1;
+    rc = lock_folder(c->out_dir, 0, &lock, err);
+    if (!rc)
+        rc = setup(&t, c, be, report, ctx, err);
     if (!rc) {
         rng_seed(&t.rng, RNG_CPU, c->seed);
         rc = run(&t, report, ctx, res, err);
     }
     trainer_free(&t);
+    if (lock >= 0)
+        close(lock);
     return rc;
 }
 
@@ -1026,17 +1068,24 @@ int ti_resume(const char *dir, int steps, const coin_backend *be, ti_report_fn r
     memset(res, 0, sizeof *res);
     char state[1200], *json = NULL;
     ti_config c;
+    int lock = -1;
     int rc = path_join(state, sizeof state, dir, "state.safetensors", err);
     if (!rc && !path_exists(state))
         rc = coin_fail(err, COIN_ENOTFOUND, "%s has no state.safetensors: no run to resume "
                        "there (a run writes it at its first checkpoint)", dir);
+    /* A run asked to pause may still be writing its checkpoint. */
     if (!rc)
-        rc = load_state(&t, state, &json, err);
+        rc = lock_folder(dir, 120, &lock, err);
+    if (rc)
+        return rc;
+    rc = load_state(&t, state, &json, err);
     if (!rc)
         rc = config_from_json(json, &c, err);
     free(json);
-    if (rc)
+    if (rc) {
+        close(lock);
         return rc;
+    }
     /* The folder may have moved since; the state is where it is now. */
     snprintf(c.out_dir, sizeof c.out_dir, "%s", dir);
     if (steps > 0)
@@ -1049,5 +1098,6 @@ int ti_resume(const char *dir, int steps, const coin_backend *be, ti_report_fn r
     if (!rc)
         rc = run(&t, report, ctx, res, err);
     trainer_free(&t);
+    close(lock);
     return rc;
 }

@@ -109,6 +109,10 @@ typedef struct ti_result {
 int ti_train(const ti_config *c, const coin_backend *be, ti_report_fn report, void *ctx,
              ti_result *res, coin_error *err);
 
+/* Waits up to wait_s seconds until no trainer works in dir (a run asked to
+ * pause finishes its step and checkpoint first). */
+int ti_wait_for_folder(const char *dir, int wait_s, coin_error *err);
+
 /* Continues the run whose state is in dir, to `steps` optimizer steps in
  * total (0: the planned number). */
 int ti_resume(const char *dir, int steps, const coin_backend *be, ti_report_fn report,

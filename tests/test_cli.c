@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "core/embedding.h"
 #include "core/image.h"
@@ -354,4 +355,49 @@ TEST(cli_killed_training_is_marked_interrupted_and_its_checkpoint_is_intact)
     REQUIRE_OK(embedding_load(&e, path, NULL, &err), &err);
     CHECK(!strcmp(e.token, "<crash>"));
     embedding_free(&e);
+}
+
+/* Polls `coin runs` until its output contains want (at most ~30 s). */
+static int wait_for_runs(const char *want)
+{
+    for (int i = 0; i < 300; i++) {
+        if (run("bin/coin runs", out, sizeof out) == 0 && strstr(out, want))
+            return 1;
+        usleep(100000);
+    }
+    return 0;
+}
+
+TEST(cli_detached_training_pauses_and_resumes_through_the_ledger)
+{
+    const char *dir = test_tmpdir();
+    char cmd[3000], images[700], home[700];
+    /* A ledger of its own, so run ids start at 1. */
+    snprintf(home, sizeof home, "%s/home", dir);
+    snprintf(images, sizeof images, "%s/images", dir);
+    snprintf(cmd, sizeof cmd, "mkdir -p %s && cp tests/golden/image/png_ga8.png %s/a.png", images,
+             images);
+    REQUIRE(run(cmd, out, sizeof out) == 0);
+    char *saved = getenv("COIN_HOME") ? strdup(getenv("COIN_HOME")) : NULL;
+    setenv("COIN_HOME", home, 1);
+    snprintf(cmd, sizeof cmd,
+             "bin/coin train --model tests/golden/sd1/model.safetensors --images %s "
+             "--token '<bg>' --init hand --steps 1000000 --batch 1 --save-every 4 "
+             "--previews 0 --out %s/run --detach", images, dir);
+    CHECK_EQ_INT(run(cmd, out, sizeof out), 0);
+    CHECK_STR_CONTAINS(out, "training in the background");
+    CHECK(wait_for_runs("running"));
+    CHECK_EQ_INT(run("bin/coin pause 1", out, sizeof out), 0);
+    CHECK(wait_for_runs("paused"));
+    CHECK_EQ_INT(run("bin/coin resume 1", out, sizeof out), 0);
+    CHECK(wait_for_runs("    2  train  <bg>"));
+    CHECK(wait_for_runs("running"));
+    CHECK_EQ_INT(run("bin/coin stop 2", out, sizeof out), 0);
+    CHECK(wait_for_runs("stopped"));
+    CHECK_EQ_INT(run("bin/coin stop 2", out, sizeof out), 1);   /* not running any more */
+    CHECK_STR_CONTAINS(out, "is stopped, not running");
+    if (saved) {
+        setenv("COIN_HOME", saved, 1);
+        free(saved);
+    }
 }

@@ -20,6 +20,7 @@ int cmd_train(int argc, char **argv);
 int cmd_regen(int argc, char **argv);
 int cmd_runs(int argc, char **argv);
 int cmd_rate(int argc, char **argv);
+int cmd_control(int argc, char **argv);   /* pause, stop, resume */
 int cmd_export(int argc, char **argv);
 /* `coin show run N` / `coin show sample N`, from the ledger. */
 int cmd_show_ledger(const char *what, const char *id_text);

@@ -1,6 +1,8 @@
 /*
  * cmd_runs.c - `coin runs`: the runs in the ledger, newest first.
  */
+#include <cJSON.h>
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <stdio.h>
@@ -8,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/ti.h"
 #include "db/ledger.h"
 #include "tui/cli.h"
 
@@ -183,4 +186,85 @@ int cli_sample_image_path(const char *id_text, char **out, coin_error *err)
     }
     ledger_close(l);
     return rc;
+}
+
+/* `coin pause N`, `coin stop N`: asks a running training run to write a
+ * checkpoint and stop (it looks at its status in the ledger every step);
+ * `coin resume N` continues a paused, stopped or interrupted one in the
+ * background from its output folder. */
+int cmd_control(int argc, char **argv)
+{
+    const char *verb = argv[0];
+    if (argc != 2 || argv[1][0] == '-') {
+        if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+            printf("usage: coin %s RUN\n\n%s\n", verb,
+                   !strcmp(verb, "resume")
+                       ? "Continues a paused, stopped or interrupted training run from its last\n"
+                         "checkpoint, in the background."
+                       : "Asks a running training run to write a checkpoint and stop; coin resume\n"
+                         "RUN continues it.");
+            return 0;
+        }
+        return cli_usage_error(verb, "give the RUN id (see coin runs)");
+    }
+    char *end;
+    long long id = strtoll(argv[1], &end, 10);
+    if (!*argv[1] || *end || id < 1)
+        return cli_usage_error(verb, "RUN is a number, not '%s'", argv[1]);
+    coin_error err = {0};
+    char path[4096], host[256] = "";
+    ledger *l;
+    ledger_run r;
+    gethostname(host, sizeof host - 1);
+    if (ledger_default_path(path, sizeof path, &err) || ledger_open(&l, path, &err))
+        return cli_report(&err);
+    int rc = ledger_mark_dead_runs(l, host, NULL, &err);
+    if (!rc)
+        rc = ledger_get_run(l, id, &r, &err);
+    if (rc) {
+        ledger_close(l);
+        return cli_report(&err);
+    }
+    int status = 0;
+    if (strcmp(r.kind, "train")) {
+        coin_fail(&err, COIN_EINVAL, "run %lld is a %s run; only training runs pause and resume",
+                  id, r.kind);
+        status = cli_report(&err);
+    } else if (strcmp(verb, "resume")) {
+        if (strcmp(r.status, "running")) {
+            coin_fail(&err, COIN_EINVAL, "run %lld is %s, not running", id, r.status);
+            status = cli_report(&err);
+        } else if (ledger_set_run_status(l, id, !strcmp(verb, "pause") ? "paused" : "stopped",
+                                         NULL, &err)) {
+            status = cli_report(&err);
+        } else {
+            printf("run %lld will write a checkpoint and stop after its current step\n", id);
+        }
+    } else if (!strcmp(r.status, "running") || !strcmp(r.status, "done")) {
+        coin_fail(&err, COIN_EINVAL, "run %lld is %s; there is nothing to resume", id, r.status);
+        status = cli_report(&err);
+    } else {
+        /* The run's output folder is in its configuration. */
+        cJSON *cfg = cJSON_Parse(r.config_json ? r.config_json : "{}");
+        const char *out_dir = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(cfg, "out_dir"));
+        char dir[2048] = "";
+        if (out_dir)
+            snprintf(dir, sizeof dir, "%s", out_dir);
+        cJSON_Delete(cfg);
+        ledger_run_free(&r);
+        ledger_close(l);
+        if (!dir[0]) {
+            coin_fail(&err, COIN_ENOTFOUND, "run %lld does not record its output folder", id);
+            return cli_report(&err);
+        }
+        if (ti_wait_for_folder(dir, 120, &err))
+            return cli_report(&err);
+        char *args[] = {"coin", "train", "--resume", dir, "--detach", NULL};
+        execv("/proc/self/exe", args);
+        coin_fail(&err, COIN_EIO, "cannot start coin train --resume %s: %s", dir, strerror(errno));
+        return cli_report(&err);
+    }
+    ledger_run_free(&r);
+    ledger_close(l);
+    return status;
 }

@@ -2,6 +2,7 @@
  * cmd_train.c - `coin train`: textual inversion from the command line.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
@@ -9,6 +10,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cJSON.h>
 
 #include "core/checkpoint.h"
 #include "core/safetensors.h"
@@ -53,7 +58,10 @@ static const char TRAIN_HELP[] =
     "  --preview-steps N      default 25 (DPM++ 2M, as diffusers' validation)\n"
     "  --preview-seed N       seeds N .. N+previews-1 (default 42)\n"
     "  --version sd1|sd2      override the detected model version\n"
-    "  --backend B            auto, cpu or cuda\n";
+    "  --backend B            auto, cpu or cuda\n"
+    "  --detach               run in the background, detached from the terminal\n"
+    "                         (closing it or losing SSH does not stop the run);\n"
+    "                         output in OUT/train.log, progress in coin runs\n";
 
 static volatile sig_atomic_t interrupted;
 
@@ -67,6 +75,7 @@ typedef struct train_view {
     progress bar;
     int started;
     recorder rec;
+    const char *requested;      /* "paused" / "stopped" asked through the ledger */
 } train_view;
 
 static int on_report(void *ctx, const ti_report *r)
@@ -81,6 +90,8 @@ static int on_report(void *ctx, const ti_report *r)
         return interrupted;
     }
     record_loss(&v->rec, r->step, r->loss, (float)r->lr);
+    if ((v->requested = record_requested(&v->rec)))
+        return 1;   /* the trainer writes a checkpoint, then stops */
     if (!v->started) {
         progress_start(&v->bar, "train", r->total);
         v->bar.start = progress_now();
@@ -123,9 +134,43 @@ static int copy_arg(const char *opt, char *dst, size_t len, const char *s)
     return 0;
 }
 
+/* Goes on in a process of its own session, detached from the terminal, so
+ * that closing it or losing SSH does not stop the run; its output goes to
+ * <out>/train.log.  The parent returns 0 at once (after saying where to
+ * look); the child returns 0 and carries on, 1 when it could not detach. */
+static int detach_from_terminal(const char *out_dir)
+{
+    char log[1200];
+    snprintf(log, sizeof log, "%s/train.log", out_dir);
+    mkdir(out_dir, 0777);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        fprintf(stderr, "coin train: cannot start a background process: %s\n", strerror(errno));
+        return 1;
+    }
+    if (pid > 0) {
+        printf("training in the background (process %d); its output: %s\n"
+               "follow it with coin runs or coin show run N; coin pause / coin stop N\n",
+               (int)pid, log);
+        exit(0);
+    }
+    setsid();
+    signal(SIGHUP, SIG_IGN);
+    int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644), null = open("/dev/null", O_RDONLY);
+    if (fd < 0 || null < 0)
+        _exit(1);
+    dup2(null, STDIN_FILENO);
+    dup2(fd, STDOUT_FILENO);
+    dup2(fd, STDERR_FILENO);
+    close(fd);
+    close(null);
+    return 0;
+}
+
 /* Puts the run in the ledger: a new run's configuration (hashing the model
  * once here, so the trainer need not), or a resumed one's saved state. */
-static int start_record(recorder *rec, ti_config *c, const char *resume,
+static int start_record(recorder *rec, ti_config *c, const char *resume, int steps_given,
                         const coin_backend *be, coin_error *err)
 {
     char *config = NULL, sha[65] = "", state[1200];
@@ -152,12 +197,23 @@ static int start_record(recorder *rec, ti_config *c, const char *resume,
         model = c->model;
         config = ti_config_to_json(c);
     }
+    /* A resumed run is described by its saved configuration. */
+    cJSON *saved = resume && config ? cJSON_Parse(config) : NULL;
+    const cJSON *token = cJSON_GetObjectItemCaseSensitive(saved, "token");
+    const cJSON *init = cJSON_GetObjectItemCaseSensitive(saved, "init_word");
+    const cJSON *images = cJSON_GetObjectItemCaseSensitive(saved, "images");
+    const cJSON *steps = cJSON_GetObjectItemCaseSensitive(saved, "steps");
     ledger_run run = {
-        .kind = "train", .config_json = config ? config : "{}", .trigger = resume ? NULL : c->token,
-        .initializer = resume ? NULL : c->init_word, .images_dir = resume ? NULL : c->images,
+        .kind = "train", .config_json = config ? config : "{}",
+        .trigger = resume ? cJSON_GetStringValue(token) : c->token,
+        .initializer = resume ? cJSON_GetStringValue(init) : c->init_word,
+        .images_dir = resume ? cJSON_GetStringValue(images) : c->images,
         .image_hashes_json = "[]", .backend = be->name, .precision = "fp32",
-        .coin_version = COIN_VERSION, .steps_planned = c->steps};
+        .coin_version = COIN_VERSION,
+        .steps_planned = resume && cJSON_IsNumber(steps) && !steps_given ? (int)steps->valuedouble
+                                                                          : c->steps};
     record_start(rec, &run, model, sha, version);
+    cJSON_Delete(saved);
     free(config);
     return 0;
 }
@@ -165,7 +221,7 @@ static int start_record(recorder *rec, ti_config *c, const char *resume,
 int cmd_train(int argc, char **argv)
 {
     enum { O_NOSCALE = 256, O_SCHED, O_WARMUP, O_ACCUM, O_CLIP, O_SAVE, O_CKPT, O_PREV,
-           O_PPROMPT, O_PSTEPS, O_PSEED, O_RESUME, O_CROP, O_RES, O_VEC, O_TPL };
+           O_PPROMPT, O_PSTEPS, O_PSEED, O_RESUME, O_CROP, O_RES, O_VEC, O_TPL, O_DETACH };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"images", required_argument, 0, 'i'},
         {"token", required_argument, 0, 't'}, {"init", required_argument, 0, 'I'},
@@ -180,10 +236,12 @@ int cmd_train(int argc, char **argv)
         {"previews", required_argument, 0, O_PREV}, {"preview-prompt", required_argument, 0, O_PPROMPT},
         {"preview-steps", required_argument, 0, O_PSTEPS}, {"preview-seed", required_argument, 0, O_PSEED},
         {"version", required_argument, 0, 'v'}, {"backend", required_argument, 0, 'B'},
-        {"resume", required_argument, 0, O_RESUME}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+        {"resume", required_argument, 0, O_RESUME}, {"detach", no_argument, 0, O_DETACH},
+        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     ti_config c;
     ti_config_defaults(&c);
     const char *backend = "auto", *resume = NULL;
+    int detach = 0;
     long long v;
     int c_opt, steps_given = 0, rc = 0;
     while ((c_opt = getopt_long(argc, argv, "m:i:t:I:o:l:s:b:S:v:B:h", opts, NULL)) != -1) {
@@ -200,6 +258,7 @@ int cmd_train(int argc, char **argv)
             break;
         case 'B': backend = optarg; break;
         case O_RESUME: resume = optarg; break;
+        case O_DETACH: detach = 1; break;
         case O_CROP: c.center_crop = 1; break;
         case O_NOSCALE: c.scale_lr = 0; break;
         case O_CKPT: c.checkpointing = 1; break;
@@ -265,18 +324,20 @@ int cmd_train(int argc, char **argv)
     const coin_backend *be;
     if (backend_by_name(&be, backend, &err))
         return cli_report(&err);
+    if (detach && (rc = detach_from_terminal(resume ? resume : c.out_dir)))
+        return rc;
     struct sigaction sa = {.sa_handler = on_sigint};
     sigaction(SIGINT, &sa, NULL);
     train_view view = {0};
     ti_result res;
-    if (start_record(&view.rec, &c, resume, be, &err))
+    if (start_record(&view.rec, &c, resume, steps_given, be, &err))
         return cli_report(&err);
     rc = resume ? ti_resume(resume, steps_given ? c.steps : 0, be, on_report, &view, &res, &err)
                 : ti_train(&c, be, on_report, &view, &res, &err);
     if (view.started && view.bar.tty)
         fputc('\n', stderr);
-    record_finish(&view.rec, rc ? "failed" : res.stopped ? "stopped" : "done",
-                  rc ? err.msg : NULL);
+    record_finish(&view.rec, rc ? "failed" : view.requested ? view.requested
+                             : res.stopped ? "stopped" : "done", rc ? err.msg : NULL);
     if (rc)
         return cli_report(&err);
     const char *dir = resume ? resume : c.out_dir;

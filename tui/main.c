@@ -25,6 +25,7 @@ static const char USAGE[] =
     "  regen IMAGE.png      make an image again from its recipe and compare the pixels\n"
     "  runs                 the runs in the ledger ($COIN_HOME), newest first\n"
     "  rate SAMPLE good|bad rate an image; prints the run's acceptance\n"
+    "  pause|stop|resume N  control a training run (see coin train --detach)\n"
     "  export EMBEDDING     convert an embedding to diffusers, a1111 or kohya form\n"
     "  help                 this text\n"
     "\n"
@@ -80,6 +81,9 @@ int main(int argc, char **argv)
         {"regen", cmd_regen},
         {"runs", cmd_runs},
         {"rate", cmd_rate},
+        {"pause", cmd_control},
+        {"stop", cmd_control},
+        {"resume", cmd_control},
         {"export", cmd_export},
     };
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)

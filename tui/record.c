@@ -100,6 +100,22 @@ void record_sample(recorder *r, ledger_sample *s)
         warn(r, &err);
 }
 
+const char *record_requested(recorder *r)
+{
+    if (!r->l)
+        return NULL;
+    ledger_run run;
+    const char *asked = NULL;
+    if (ledger_get_run(r->l, r->run, &run, NULL) == 0) {
+        if (!strcmp(run.status, "paused"))
+            asked = "paused";
+        else if (!strcmp(run.status, "stopped"))
+            asked = "stopped";
+        ledger_run_free(&run);
+    }
+    return asked;
+}
+
 void record_finish(recorder *r, const char *status, const char *error)
 {
     if (!r->l)

@@ -34,6 +34,9 @@ void record_flush(recorder *r);
 void record_checkpoint(recorder *r, int step, const char *path);
 /* Records an image (hashing the file); s->run is filled in. */
 void record_sample(recorder *r, ledger_sample *s);
+/* "paused" or "stopped" when someone asked the run to pause or stop
+ * (coin pause / coin stop set the run's status in the ledger), else NULL. */
+const char *record_requested(recorder *r);
 /* Flushes, sets the final status ("done", "stopped", "failed") with the
  * error text, and closes the ledger. */
 void record_finish(recorder *r, const char *status, const char *error);
