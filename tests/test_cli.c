@@ -341,7 +341,7 @@ TEST(cli_killed_training_is_marked_interrupted_and_its_checkpoint_is_intact)
     /* kill -9 once the first checkpoint exists, as a crash would. */
     snprintf(cmd, sizeof cmd,
              "bin/coin train --model tests/golden/sd1/model.safetensors --images %s "
-             "--token '<crash>' --init hand --steps 1000000 --batch 1 --save-every 3 "
+             "--token '<crash>' --init hand --steps 3000 --batch 1 --save-every 3 "
              "--previews 0 --out %s/run >/dev/null 2>&1 & pid=$!; "
              "for i in $(seq 300); do [ -f %s/run/state.safetensors ] && break; sleep 0.1; done; "
              "kill -9 $pid; wait $pid; bin/coin runs", images, dir, dir);
@@ -382,7 +382,7 @@ TEST(cli_detached_training_pauses_and_resumes_through_the_ledger)
     setenv("COIN_HOME", home, 1);
     snprintf(cmd, sizeof cmd,
              "bin/coin train --model tests/golden/sd1/model.safetensors --images %s "
-             "--token '<bg>' --init hand --steps 1000000 --batch 1 --save-every 4 "
+             "--token '<bg>' --init hand --steps 3000 --batch 1 --save-every 4 "
              "--previews 0 --out %s/run --detach", images, dir);
     CHECK_EQ_INT(run(cmd, out, sizeof out), 0);
     CHECK_STR_CONTAINS(out, "training in the background");
