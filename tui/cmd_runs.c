@@ -12,6 +12,7 @@
 
 #include "core/ti.h"
 #include "db/ledger.h"
+#include "tui/record.h"
 #include "tui/cli.h"
 
 static const char RUNS_HELP[] =
@@ -47,16 +48,9 @@ int cmd_runs(int argc, char **argv)
     if (argc != 1)
         return cli_usage_error("runs", "takes no arguments");
     coin_error err = {0};
-    char path[4096];
     ledger *l;
-    char host[256] = "";
-    gethostname(host, sizeof host - 1);
-    if (ledger_default_path(path, sizeof path, &err) || ledger_open(&l, path, &err))
+    if (cli_open_ledger(&l, &err))
         return cli_report(&err);
-    if (ledger_mark_dead_runs(l, host, NULL, &err)) {
-        ledger_close(l);
-        return cli_report(&err);
-    }
     printf("%5s  %-6s %-16s %-24s %-11s %13s %8s  %s\n", "id", "kind", "trigger", "model",
            "status", "step/steps", "loss", "started");
     int rc = ledger_list_runs(l, print_row, NULL, &err);
@@ -90,10 +84,9 @@ int cmd_rate(int argc, char **argv)
     if (!good && strcmp(argv[2], "bad"))
         return cli_usage_error("rate", "a rating is good or bad, not '%s'", argv[2]);
     coin_error err = {0};
-    char path[4096];
     ledger *l;
     ledger_sample s;
-    if (ledger_default_path(path, sizeof path, &err) || ledger_open(&l, path, &err))
+    if (cli_open_ledger(&l, &err))
         return cli_report(&err);
     int rc = ledger_get_sample(l, id, &s, &err);
     if (!rc) {
@@ -117,9 +110,8 @@ int cmd_show_ledger(const char *what, const char *id_text)
     if (!*id_text || *end || id < 1)
         return cli_usage_error("show", "%s takes a number, not '%s'", what, id_text);
     coin_error err = {0};
-    char path[4096];
     ledger *l;
-    if (ledger_default_path(path, sizeof path, &err) || ledger_open(&l, path, &err))
+    if (cli_open_ledger(&l, &err))
         return cli_report(&err);
     int rc;
     if (!strcmp(what, "run")) {
@@ -171,12 +163,9 @@ int cli_sample_image_path(const char *id_text, char **out, coin_error *err)
     *out = NULL;
     if (!*id_text || *end || id < 1)
         return coin_fail(err, COIN_EINVAL, "'%s' is not a sample id", id_text);
-    char path[4096];
     ledger *l;
     ledger_sample s;
-    int rc = ledger_default_path(path, sizeof path, err);
-    if (!rc)
-        rc = ledger_open(&l, path, err);
+    int rc = cli_open_ledger(&l, err);
     if (rc)
         return rc;
     if (!(rc = ledger_get_sample(l, id, &s, err))) {
@@ -212,15 +201,11 @@ int cmd_control(int argc, char **argv)
     if (!*argv[1] || *end || id < 1)
         return cli_usage_error(verb, "RUN is a number, not '%s'", argv[1]);
     coin_error err = {0};
-    char path[4096], host[256] = "";
     ledger *l;
     ledger_run r;
-    gethostname(host, sizeof host - 1);
-    if (ledger_default_path(path, sizeof path, &err) || ledger_open(&l, path, &err))
+    if (cli_open_ledger(&l, &err))
         return cli_report(&err);
-    int rc = ledger_mark_dead_runs(l, host, NULL, &err);
-    if (!rc)
-        rc = ledger_get_run(l, id, &r, &err);
+    int rc = ledger_get_run(l, id, &r, &err);
     if (rc) {
         ledger_close(l);
         return cli_report(&err);

@@ -15,22 +15,43 @@ static void warn(recorder *r, const coin_error *err)
             r->l ? "" : " (the job goes on unrecorded)");
 }
 
+static void host_name(char *buf, size_t len)
+{
+    buf[0] = '\0';
+    gethostname(buf, len - 1);
+    buf[len - 1] = '\0';
+}
+
+int cli_open_ledger(ledger **l, coin_error *err)
+{
+    char path[4096], host[256];
+    int rc = ledger_default_path(path, sizeof path, err);
+    if (!rc)
+        rc = ledger_open(l, path, err);
+    if (rc)
+        return rc;
+    /* A run left 'running' by a process that died is over: say so. */
+    host_name(host, sizeof host);
+    if ((rc = ledger_mark_dead_runs(*l, host, NULL, err))) {
+        ledger_close(*l);
+        *l = NULL;
+    }
+    return rc;
+}
+
 void record_start(recorder *r, ledger_run *run, const char *model_path,
                   const char *model_sha256, int version)
 {
     memset(r, 0, sizeof *r);
     coin_error err = {0};
-    char path[4096], host[256] = "";
-    if (ledger_default_path(path, sizeof path, &err) || ledger_open(&r->l, path, &err)) {
+    char host[256];
+    if (cli_open_ledger(&r->l, &err)) {
         r->l = NULL;
         warn(r, &err);
         return;
     }
-    gethostname(host, sizeof host - 1);
+    host_name(host, sizeof host);
     run->host = host;
-    /* A run left 'running' by a process that died is over: say so. */
-    if (ledger_mark_dead_runs(r->l, host, NULL, &err))
-        warn(r, &err);
     int64_t model = 0;
     if (model_path && model_sha256 && model_sha256[0] &&
         ledger_upsert_model(r->l, model_path, model_sha256, version, &model, &err))

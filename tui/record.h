@@ -21,7 +21,11 @@ typedef struct recorder {
     float loss[RECORD_BATCH], lr[RECORD_BATCH];
 } recorder;
 
-/* Opens the ledger ($COIN_HOME or ~/.local/share/coin) and inserts a run
+/* Opens the ledger ($COIN_HOME or ~/.local/share/coin) and, as every coin
+ * start does, marks runs of this host whose process died as interrupted. */
+int cli_open_ledger(ledger **l, coin_error *err);
+
+/* Opens the ledger as cli_open_ledger does and inserts a run
  * described by run (kind, config, ...), marked running.  model_path,
  * model_sha256 and version (1, 2 or 0) identify the model. */
 void record_start(recorder *r, ledger_run *run, const char *model_path,
