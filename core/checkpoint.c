@@ -21,6 +21,7 @@
 
 #include "fileio.h"
 #include "ldm_names.h"
+#include "tokenizer.h"
 
 #define CONFIG_MAX_BYTES (1 << 20)
 
@@ -57,6 +58,13 @@ sd_version sd_version_parse(const char *s)
     if (!strcmp(s, "sd2") || !strcmp(s, "2") || !strcmp(s, "v2") || !strcmp(s, "sd21"))
         return SD_V2;
     return SD_UNKNOWN;
+}
+
+int checkpoint_load_tokenizer(const checkpoint *ck, clip_tokenizer **tok, coin_error *err)
+{
+    if (ck && ck->tokenizer_dir)
+        return tokenizer_load_hf(tok, ck->tokenizer_dir, err);
+    return tokenizer_load_builtin(tok, err);
 }
 
 int checkpoint_pad_id(const checkpoint *ck)

@@ -115,6 +115,12 @@ const char *ckpt_component_name(ckpt_component c);
 /* Parses "sd1"/"1"/"v1" or "sd2"/"2"/"v2"; SD_UNKNOWN for anything else. */
 sd_version sd_version_parse(const char *s);
 
+/* The model's own tokenizer folder (diffusers) when it has one, else the
+ * CLIP vocabulary built into coin. */
+struct clip_tokenizer;
+int checkpoint_load_tokenizer(const checkpoint *ck, struct clip_tokenizer **tok,
+                              coin_error *err);
+
 /* The tokenizer padding id the model was trained with: 49407 SD1, 0 SD2. */
 int checkpoint_pad_id(const checkpoint *ck);
 

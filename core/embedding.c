@@ -13,19 +13,12 @@
 #include "pickle_pt.h"
 #include "safetensors.h"
 
-/* The file name without directory and extension. */
+/* A new copy of the file name without folders and extension. */
 static char *file_stem(const char *path)
 {
-    const char *base = strrchr(path, '/');
-    base = base ? base + 1 : path;
-    const char *dot = strrchr(base, '.');
-    size_t n = dot && dot != base ? (size_t)(dot - base) : strlen(base);
-    char *s = malloc(n + 1);
-    if (s) {
-        memcpy(s, base, n);
-        s[n] = '\0';
-    }
-    return s;
+    char buf[512];
+    path_stem(path, buf, sizeof buf);
+    return strdup(buf);
 }
 
 int embedding_load(ti_embedding *e, const char *path, const char *token_override,

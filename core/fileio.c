@@ -79,6 +79,24 @@ int path_join(char *buf, size_t len, const char *dir, const char *name,
     return 0;
 }
 
+void path_stem(const char *path, char *buf, size_t len)
+{
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/')
+        n--;
+    size_t start = 0;
+    for (size_t i = 0; i + 1 < n; i++)
+        if (path[i] == '/')
+            start = i + 1;
+    size_t end = n;
+    for (size_t i = n; i > start + 1; i--)
+        if (path[i - 1] == '.') {
+            end = i - 1;
+            break;
+        }
+    snprintf(buf, len, "%.*s", (int)(end - start), path + start);
+}
+
 const char *path_ext(const char *path)
 {
     const char *base = strrchr(path, '/');

@@ -26,6 +26,10 @@ int path_exists(const char *path);
 int path_join(char *buf, size_t len, const char *dir, const char *name,
               coin_error *err);
 
+/* The last component of path (trailing slashes ignored) without its
+ * extension, into buf: "models/v1-5.safetensors" gives "v1-5". */
+void path_stem(const char *path, char *buf, size_t len);
+
 /* The extension of path's last component, without the dot ("" if none). */
 const char *path_ext(const char *path);
 

@@ -869,13 +869,9 @@ void st_release_pages(const st_file *f, const st_tensor *t)
     /* The mapping is read-only and file-backed: dropped pages come back from
      * the file (or the page cache) if a tensor is read again.  Only whole
      * pages inside the tensor's bytes are dropped, never a neighbour's. */
-    if (!f || !f->map)
+    if (!f || !f->map || !t)
         return;
-    uintptr_t lo = (uintptr_t)f->map, hi = lo + f->map_len;
-    if (t) {
-        lo = (uintptr_t)t->data;
-        hi = lo + (uintptr_t)(t->end - t->begin);
-    }
+    uintptr_t lo = (uintptr_t)t->data, hi = lo + (uintptr_t)(t->end - t->begin);
     uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
     lo = (lo + page - 1) & ~(page - 1);
     hi &= ~(page - 1);

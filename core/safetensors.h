@@ -63,8 +63,7 @@ int st_parse(st_file **out, const void *buf, size_t len, const char *name,
 /* Releases everything st_open/st_parse made; NULL is fine. */
 void st_close(st_file *f);
 
-/* Tells the kernel that the mapped pages of tensor t (or of the whole file
- * when t is NULL) are not needed now, so they stop counting in this
+/* Tells the kernel that the mapped pages of tensor t are not needed now, so they stop counting in this
  * process's memory once converted into backend tensors; reading the tensor
  * again still works. */
 void st_release_pages(const st_file *f, const st_tensor *t);

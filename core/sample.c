@@ -72,8 +72,7 @@ int pipeline_open(sd_pipeline **out, const char *model, sd_version force_version
     p->be = be;
     int rc;
     TRY(checkpoint_open(&p->ck, model, force_version, err));
-    TRY(p->ck->tokenizer_dir ? tokenizer_load_hf(&p->tok, p->ck->tokenizer_dir, err)
-                             : tokenizer_load_builtin(&p->tok, err));
+    TRY(checkpoint_load_tokenizer(p->ck, &p->tok, err));
     TRY(clip_load(&p->clip, p->ck, be, err));
     TRY(unet_load(&p->unet, p->ck, be, err));
     TRY(vae_load(&p->vae, p->ck, be, err));
@@ -115,11 +114,6 @@ void pipeline_free(sd_pipeline *p)
     tokenizer_free(p->tok);
     checkpoint_close(p->ck);
     free(p);
-}
-
-const char *pipeline_model_file(const sd_pipeline *p)
-{
-    return checkpoint_main_file(p->ck);
 }
 
 int pipeline_add_embedding(sd_pipeline *p, const char *path, coin_error *err)

@@ -52,10 +52,6 @@ int pipeline_open(sd_pipeline **out, const char *model, sd_version force_version
                   coin_error *err);
 void pipeline_free(sd_pipeline *p);
 
-/* The file whose hash names the model: a single file itself, or a diffusers
- * folder's UNet weights (what AUTOMATIC1111 would hash). */
-const char *pipeline_model_file(const sd_pipeline *p);
-
 /* Adds a trigger word from an embedding file (its vectors become new
  * token rows).  A width that differs from the text encoder's is an error
  * that names both (an SD 1.x embedding on an SD 2.x model). */

@@ -876,7 +876,7 @@ static int setup(trainer *t, const ti_config *c, const coin_backend *be, ti_repo
         snprintf(t->model_sha, sizeof t->model_sha, "%s", c->model_sha256);
     } else {
         uint8_t digest[32];
-        TRY(sha256_file(pipeline_model_file(t->p), digest, NULL, NULL, err));
+        TRY(sha256_file(checkpoint_main_file(t->p->ck), digest, NULL, NULL, err));
         sha256_hex(digest, t->model_sha);
     }
     TRY(add_trigger(t, err));

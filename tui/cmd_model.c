@@ -118,13 +118,6 @@ int cmd_info(int argc, char **argv)
 
 /* ---- shared by tokenize and encode ---- */
 
-/* The model's own tokenizer folder when it has one, else the built-in. */
-static int load_tokenizer(clip_tokenizer **tok, const checkpoint *ck, coin_error *err)
-{
-    if (ck && ck->tokenizer_dir)
-        return tokenizer_load_hf(tok, ck->tokenizer_dir, err);
-    return tokenizer_load_builtin(tok, err);
-}
 
 static void warn_truncated(const char *text, const tokenizer_result *r)
 {
@@ -185,7 +178,7 @@ int cmd_tokenize(int argc, char **argv)
     int status = 1;
     if (model && checkpoint_open(&ck, model, SD_UNKNOWN, &err))
         return cli_report(&err);
-    if (load_tokenizer(&tok, ck, &err))
+    if (checkpoint_load_tokenizer(ck, &tok, &err))
         goto out;
     for (int i = 0; i < n_tokens; i++) {
         int id;
@@ -306,7 +299,7 @@ int cmd_encode(int argc, char **argv)
     double t0 = now_ms();
     if (backend_by_name(&be, backend, &err) ||
         checkpoint_open(&ck, model, force, &err) ||
-        load_tokenizer(&tok, ck, &err))
+        checkpoint_load_tokenizer(ck, &tok, &err))
         goto out;
     tokenizer_result r;
     if (tokenizer_encode(tok, prompt, checkpoint_pad_id(ck), &r, &err))

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/fileio.h"
 #include "core/image.h"
 #include "core/infotext.h"
 #include "core/recipe.h"
@@ -105,25 +106,6 @@ int cli_hash_file(const char *path, const char *what, char hex[65], coin_error *
     return rc;
 }
 
-/* The last path component without its extension, as A1111 names models. */
-static void stem_of(const char *path, char *buf, size_t len)
-{
-    size_t n = strlen(path);
-    while (n > 1 && path[n - 1] == '/')
-        n--;
-    size_t start = 0;
-    for (size_t i = 0; i + 1 < n; i++)
-        if (path[i] == '/')
-            start = i + 1;
-    size_t end = n;
-    for (size_t i = n; i > start + 1; i--)
-        if (path[i - 1] == '.') {
-            end = i - 1;
-            break;
-        }
-    snprintf(buf, len, "%.*s", (int)(end - start), path + start);
-}
-
 typedef struct hashes {
     char model[65];
     char embeddings[PIPELINE_MAX_EMBEDDINGS][65];
@@ -163,7 +145,7 @@ static int describe(const sd_pipeline *p, const sample_params *sp, const hashes 
     snprintf(r.version, sizeof r.version, "%s", COIN_VERSION);
 
     snprintf(model_short, sizeof model_short, "%.10s", h->model);
-    stem_of(p->ck->path, model_name, sizeof model_name);
+    path_stem(p->ck->path, model_name, sizeof model_name);
     it.prompt = (char *)sp->prompt;
     it.negative_prompt = (char *)sp->negative;
     it.have = INFOTEXT_STEPS | INFOTEXT_CFG | INFOTEXT_SEED | INFOTEXT_SIZE;
@@ -354,7 +336,7 @@ int cmd_sample(int argc, char **argv)
         fprintf(stderr, "warning: the prompt is longer than 75 tokens; %d token%s dropped: "
                 "\"%s\"\n", tr.n_dropped, tr.n_dropped == 1 ? " was" : "s were",
                 tr.dropped_at >= 0 ? a.prompt + tr.dropped_at : "");
-    if (cli_hash_file(pipeline_model_file(p), "the model", h.model, &err))
+    if (cli_hash_file(checkpoint_main_file(p->ck), "the model", h.model, &err))
         goto done;
     for (int i = 0; i < p->n_embeddings; i++)
         if (cli_hash_file(p->embeddings[i].path, p->embeddings[i].token, h.embeddings[i], &err))
@@ -550,7 +532,7 @@ int cmd_regen(int argc, char **argv)
     sd_prediction pred = !strcmp(r.prediction, "v_prediction") ? PRED_V :
                          !strcmp(r.prediction, "epsilon") ? PRED_EPSILON : PRED_UNKNOWN;
     if (pipeline_open(&p, r.model.path, SD_UNKNOWN, pred, be, &err) ||
-        cli_hash_file(pipeline_model_file(p), "the model", h.model, &err))
+        cli_hash_file(checkpoint_main_file(p->ck), "the model", h.model, &err))
         goto done;
     if (strcmp(h.model, r.model.sha256)) {
         coin_fail(&err, COIN_EINVAL, "%s is not the model that made %s: its sha256 is %.12s..., "
