@@ -22,7 +22,7 @@ BLAS_DIR := $(wildcard /usr/lib/x86_64-linux-gnu/openblas-openmp)
 ifneq ($(BLAS_DIR),)
 LDLIBS  += -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR)
 endif
-LDLIBS  += -lopenblas -lcjson -lutf8proc -lpng -lsqlite3 -lz -lm -fopenmp
+LDLIBS  += -lopenblas -lcjson -lutf8proc -lpng -lsqlite3 -lncursesw -lsixel -lz -lm -fopenmp
 
 NVCC    ?= $(shell command -v nvcc 2>/dev/null)
 FUZZ_SECONDS ?= 30
@@ -39,6 +39,8 @@ CUDA_SRC := $(wildcard cuda/*.cu)
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o) $(BUILD)/vocab_blob.o $(BUILD)/assets_blob.o
 DB_OBJ   := $(DB_SRC:%.c=$(BUILD)/%.o)
 TUI_OBJ  := $(TUI_SRC:%.c=$(BUILD)/%.o)
+# everything of the front end but main(), so tests can call it in-process
+TUI_LIB_OBJ := $(filter-out $(BUILD)/tui/main.o,$(TUI_OBJ))
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 
 ifneq ($(NVCC),)
@@ -101,9 +103,9 @@ bin/coin: $(TUI_OBJ) $(DB_OBJ) $(BUILD)/libcoin.a
 	@mkdir -p bin
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(TUI_OBJ) $(DB_OBJ) $(BUILD)/libcoin.a $(LDLIBS)
 
-bin/coin_tests: $(TEST_OBJ) $(DB_OBJ) $(BUILD)/libcoin.a
+bin/coin_tests: $(TEST_OBJ) $(TUI_LIB_OBJ) $(DB_OBJ) $(BUILD)/libcoin.a
 	@mkdir -p bin
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(TEST_OBJ) $(DB_OBJ) $(BUILD)/libcoin.a $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(TEST_OBJ) $(TUI_LIB_OBJ) $(DB_OBJ) $(BUILD)/libcoin.a $(LDLIBS)
 
 # The fuzz target: libFuzzer (clang) over the safetensors reader.  UBSan is
 # made fatal, or undefined behaviour would only be printed and pass.

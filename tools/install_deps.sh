@@ -4,7 +4,7 @@
 set -eu
 pkgs="build-essential clang libclang-rt-14-dev pkg-config python3 python3-pip
       libopenblas-dev libopenblas-openmp-dev libcjson-dev libutf8proc-dev zlib1g-dev libpng-dev
-      libncurses-dev libsixel-dev libsqlite3-dev libstb-dev"
+      libncurses-dev libsixel-dev libsqlite3-dev libstb-dev tmux"
 missing=""
 for p in $pkgs; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

@@ -35,23 +35,6 @@ static const char USAGE[] =
     "\n"
     "Not built yet: the detached worker and the workbench.\n";
 
-int cli_report(const coin_error *err)
-{
-    fprintf(stderr, "coin: %s\n", err->msg[0] ? err->msg : coin_status_name(err->code));
-    return 1;
-}
-
-int cli_usage_error(const char *cmd, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "coin %s: ", cmd);
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n(see coin %s --help)\n", cmd);
-    va_end(ap);
-    return 2;
-}
-
 int main(int argc, char **argv)
 {
     /* OpenMP threads that spin while they wait steal the cores from
