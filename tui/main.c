@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "tui/cli.h"
+#include "tui/wb.h"
 
 static const char USAGE[] =
     "coin - teach Stable Diffusion a new word (textual inversion), in a terminal\n"
@@ -42,10 +43,8 @@ int main(int argc, char **argv)
      * libgomp reads the policy before main runs, so set it and start again. */
     if (!getenv("OMP_WAIT_POLICY") && setenv("OMP_WAIT_POLICY", "passive", 1) == 0)
         execv("/proc/self/exe", argv);
-    if (argc < 2) {
-        fputs(USAGE, stderr);
-        return 2;
-    }
+    if (argc < 2)
+        return workbench_main(argc, argv);
     const char *cmd = argv[1];
     if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
         fputs(USAGE, stdout);

@@ -1,0 +1,284 @@
+/*
+ * wb_jobs.c - how the workbench gets work done: by running coin's own
+ * command line in other processes (wb.h).
+ *
+ * A command's stdout and stderr come back through pipes that the main loop
+ * polls, so nothing it prints can reach the curses screen; stderr is also
+ * appended to workbench.log in the ledger's folder.  Commands run in a
+ * session of their own, so a Ctrl-C or a hang-up of the workbench's
+ * terminal never reaches them.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "tui/wb.h"
+
+static char **copy_args(char *const args[], const char *extra)
+{
+    int n = 0;
+    while (args[n])
+        n++;
+    char **v = calloc((size_t)n + 3, sizeof *v);
+    if (!v)
+        return NULL;
+    v[0] = strdup("coin");
+    for (int i = 0; i < n; i++)
+        v[i + 1] = strdup(args[i]);
+    if (extra)
+        v[n + 1] = strdup(extra);
+    return v;
+}
+
+static void free_args(char **v)
+{
+    for (int i = 0; v && v[i]; i++)
+        free(v[i]);
+    free(v);
+}
+
+static void append_log(wb *w, const char *text, size_t n)
+{
+    if (!n)
+        return;
+    int fd = open(w->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return;
+    ssize_t k = write(fd, text, n);
+    (void)k;
+    close(fd);
+}
+
+/* Starts argv (argv[0] "coin") with stdout and stderr piped back, or, when
+ * detached, with both going to the log and nothing to wait for. */
+static int spawn(wb *w, char **argv, wb_cmd_done done, void *ctx, int detached)
+{
+    int slot = -1;
+    for (int i = 0; i < WB_MAX_CMDS && slot < 0; i++)
+        if (!w->cmds[i].pid)
+            slot = i;
+    if (slot < 0 && !detached) {
+        wb_message(w, 1, "too many commands at once; wait for one to finish");
+        return -1;
+    }
+    int out[2] = {-1, -1}, errp[2] = {-1, -1};
+    if (!detached && (pipe2(out, O_CLOEXEC) || pipe2(errp, O_CLOEXEC))) {
+        wb_message(w, 1, "cannot start coin %s: %s", argv[1], strerror(errno));
+        return -1;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        wb_message(w, 1, "cannot start coin %s: %s", argv[1], strerror(errno));
+        return -1;
+    }
+    if (pid == 0) {
+        setsid();
+        int null = open("/dev/null", O_RDWR);
+        dup2(null, STDIN_FILENO);
+        if (detached) {
+            /* a second fork, so the job is nobody's child */
+            if (fork() != 0)
+                _exit(0);
+            int log = open(w->log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+            dup2(log >= 0 ? log : null, STDOUT_FILENO);
+            dup2(log >= 0 ? log : null, STDERR_FILENO);
+        } else {
+            dup2(out[1], STDOUT_FILENO);
+            dup2(errp[1], STDERR_FILENO);
+        }
+        signal(SIGPIPE, SIG_DFL);
+        execv("/proc/self/exe", argv);
+        _exit(127);
+    }
+    if (detached) {
+        waitpid(pid, NULL, 0);
+        return 0;
+    }
+    close(out[1]);
+    close(errp[1]);
+    fcntl(out[0], F_SETFL, O_NONBLOCK);
+    fcntl(errp[0], F_SETFL, O_NONBLOCK);
+    wb_cmd *c = &w->cmds[slot];
+    memset(c, 0, sizeof *c);
+    c->pid = pid;
+    c->out_fd = out[0];
+    c->err_fd = errp[0];
+    c->done = done;
+    c->ctx = ctx;
+    c->argv = argv;
+    return 0;
+}
+
+int wb_command(wb *w, char *const args[], wb_cmd_done done, void *ctx)
+{
+    char **argv = copy_args(args, NULL);
+    if (!argv)
+        return -1;
+    if (spawn(w, argv, done, ctx, 0)) {
+        free_args(argv);
+        return -1;
+    }
+    return 0;
+}
+
+/* When `--no-follow` is unknown to this coin (getopt says so and the exit
+ * status is 2), the job is started the older way. */
+typedef struct job_retry {
+    wb_cmd_done done;
+    void *ctx;
+    char **argv;            /* without --no-follow */
+} job_retry;
+
+static void job_started(wb *w, void *ctx, int status, const char *out, const char *errs)
+{
+    job_retry *r = ctx;
+    if (status == 2 && strstr(errs, "no-follow")) {
+        char **argv = r->argv;
+        if (!strcmp(argv[1], "train")) {
+            /* coin train --detach: it prints where its log is, not an id. */
+            int n = 0;
+            while (argv[n])
+                n++;
+            char **v = realloc(argv, (size_t)(n + 2) * sizeof *v);
+            if (v) {
+                v[n] = strdup("--detach");
+                v[n + 1] = NULL;
+                r->argv = NULL;
+                if (spawn(w, v, r->done, r->ctx, 0))
+                    free_args(v);
+            }
+        } else {
+            /* coin sample has no background mode of its own: run it detached. */
+            if (spawn(w, argv, NULL, NULL, 1) == 0 && r->done)
+                r->done(w, r->ctx, 0, "", "");
+        }
+        free_args(r->argv);
+        free(r);
+        return;
+    }
+    if (r->done)
+        r->done(w, r->ctx, status, out, errs);
+    free_args(r->argv);
+    free(r);
+}
+
+int wb_start_job(wb *w, char *const args[], wb_cmd_done done, void *ctx)
+{
+    job_retry *r = calloc(1, sizeof *r);
+    char **argv = copy_args(args, "--no-follow");
+    if (!r || !argv || !(r->argv = copy_args(args, NULL))) {
+        free(r);
+        free_args(argv);
+        wb_message(w, 1, "out of memory");
+        return -1;
+    }
+    r->done = done;
+    r->ctx = ctx;
+    if (spawn(w, argv, job_started, r, 0)) {
+        free_args(argv);
+        free_args(r->argv);
+        free(r);
+        return -1;
+    }
+    return 0;
+}
+
+int wb_cmd_fds(wb *w, int *fds, int cap)
+{
+    int n = 0;
+    for (int i = 0; i < WB_MAX_CMDS; i++) {
+        wb_cmd *c = &w->cmds[i];
+        if (!c->pid)
+            continue;
+        if (c->out_fd >= 0 && n < cap)
+            fds[n++] = c->out_fd;
+        if (c->err_fd >= 0 && n < cap)
+            fds[n++] = c->err_fd;
+    }
+    return n;
+}
+
+/* Reads what is there; closes the fd at end of file. */
+static void drain(int *fd, char **buf, size_t *n)
+{
+    if (*fd < 0)
+        return;
+    for (;;) {
+        char tmp[4096];
+        ssize_t k = read(*fd, tmp, sizeof tmp);
+        if (k > 0) {
+            char *nb = realloc(*buf, *n + (size_t)k + 1);
+            if (!nb)
+                return;
+            memcpy(nb + *n, tmp, (size_t)k);
+            *n += (size_t)k;
+            nb[*n] = '\0';
+            *buf = nb;
+            continue;
+        }
+        if (k == 0 || (errno != EAGAIN && errno != EINTR)) {
+            close(*fd);
+            *fd = -1;
+        }
+        return;
+    }
+}
+
+void wb_cmd_service(wb *w)
+{
+    for (int i = 0; i < WB_MAX_CMDS; i++) {
+        wb_cmd *c = &w->cmds[i];
+        if (!c->pid)
+            continue;
+        size_t before = c->n_err;
+        drain(&c->out_fd, &c->out, &c->n_out);
+        drain(&c->err_fd, &c->errs, &c->n_err);
+        if (c->n_err > before)
+            append_log(w, c->errs + before, c->n_err - before);
+        if (c->out_fd >= 0 || c->err_fd >= 0)
+            continue;
+        int st;
+        pid_t r = waitpid(c->pid, &st, WNOHANG);
+        if (r == 0)
+            continue;
+        int status = r < 0 ? -1 : WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        wb_cmd done = *c;
+        memset(c, 0, sizeof *c);
+        c->out_fd = c->err_fd = -1;
+        if (done.done)
+            done.done(w, done.ctx, status, done.out ? done.out : "", done.errs ? done.errs : "");
+        free(done.out);
+        free(done.errs);
+        free_args(done.argv);
+        w->reload = 1;
+        w->dirty = 1;
+    }
+}
+
+void wb_cmd_free_all(wb *w)
+{
+    /* The commands go on; only our ends of their pipes close. */
+    for (int i = 0; i < WB_MAX_CMDS; i++) {
+        wb_cmd *c = &w->cmds[i];
+        if (!c->pid)
+            continue;
+        if (c->out_fd >= 0)
+            close(c->out_fd);
+        if (c->err_fd >= 0)
+            close(c->err_fd);
+        free(c->out);
+        free(c->errs);
+        free_args(c->argv);
+        if (c->done == job_started) {
+            job_retry *r = c->ctx;
+            free_args(r->argv);
+            free(r);
+        }
+        memset(c, 0, sizeof *c);
+    }
+}

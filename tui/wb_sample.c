@@ -1,0 +1,485 @@
+/*
+ * wb_sample.c - the Sample screen: a prompt and its parameters on the
+ * left, the images of this screen's jobs on the right as the worker
+ * records them, and the actions on an image that the Browse and Evaluate
+ * screens share: rate, regenerate and compare, every parameter, the path
+ * (wb.h).
+ *
+ * The screen knows its images by the file names it gave its jobs (one
+ * prefix per visit), so results show up whether or not the job reported
+ * its run id.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <ncurses.h>
+
+#include "tui/wb.h"
+
+static const struct {
+    const char *label, *key;
+    wb_field_type type;
+    const char *choices;
+} SAMPLE_FIELDS[] = {
+    {"prompt", "prompt", FT_TEXT, NULL},
+    {"negative", "negative", FT_TEXT, NULL},
+    {"seed", "seed", FT_INT, NULL},
+    {"steps", "steps", FT_INT, NULL},
+    {"guidance", "cfg", FT_FLOAT, NULL},
+    {"sampler", "sampler", FT_CHOICE, "model's own|ddim|pndm|euler|euler_a|dpmpp_2m"},
+    {"schedule", "schedule", FT_CHOICE, "default|karras"},
+    {"width (0: native)", "width", FT_INT, NULL},
+    {"height (0: native)", "height", FT_INT, NULL},
+    {"images", "batch", FT_INT, NULL},
+    {"grid rows", "grid", FT_INT, NULL},
+    {"model", "model", FT_TEXT, NULL},
+    {"embedding", "embedding", FT_TEXT, NULL},
+};
+#define N_SAMPLE_FIELDS ((int)(sizeof SAMPLE_FIELDS / sizeof *SAMPLE_FIELDS))
+
+uint64_t wb_random_seed(void)
+{
+    uint64_t v = 0;
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (f) {
+        if (fread(&v, sizeof v, 1, f) != 1)
+            v = 0;
+        fclose(f);
+    }
+    if (!v) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        v = (uint64_t)ts.tv_nsec * 6364136223846793005ull + (uint64_t)ts.tv_sec;
+    }
+    return v % 4294967296ull;   /* what other tools take as a seed */
+}
+
+void sample_open(wb *w, int64_t run, const char *embedding, const char *trigger,
+                 const char *model)
+{
+    wb_sample_state *s = &w->sample;
+    int fresh = !s->form.f;
+    if (fresh) {
+        s->form.f = s->fields;
+        s->form.n = N_SAMPLE_FIELDS;
+        for (int i = 0; i < N_SAMPLE_FIELDS; i++) {
+            s->fields[i].label = SAMPLE_FIELDS[i].label;
+            s->fields[i].key = SAMPLE_FIELDS[i].key;
+            s->fields[i].type = SAMPLE_FIELDS[i].type;
+            s->fields[i].choices = SAMPLE_FIELDS[i].choices;
+        }
+        static const char *const defaults[][2] = {
+            {"seed", "42"}, {"steps", "25"}, {"cfg", "7.5"}, {"sampler", "model's own"},
+            {"schedule", "default"}, {"width", "0"}, {"height", "0"}, {"batch", "4"},
+            {"grid", "1"}};
+        for (size_t i = 0; i < sizeof defaults / sizeof *defaults; i++)
+            form_set(&s->form, defaults[i][0], defaults[i][1]);
+        if (w->runs.n && w->runs.rows[0].model_path[0])
+            form_set(&s->form, "model", w->runs.rows[0].model_path);
+    }
+    if (model && *model)
+        form_set(&s->form, "model", model);
+    if (embedding) {
+        form_set(&s->form, "embedding", embedding);
+        snprintf(s->trigger, sizeof s->trigger, "%s", trigger ? trigger : "");
+        if (trigger && *trigger) {
+            char p[600];
+            snprintf(p, sizeof p, "a photo of %s", trigger);
+            if (!form_get(&s->form, "prompt")->value[0] || run != s->from_run)
+                form_set(&s->form, "prompt", p);
+        }
+    }
+    s->from_run = run;
+    if (!s->prefix[0]) {
+        snprintf(s->prefix, sizeof s->prefix, "%s/samples/wb-%lld-%d-", w->home,
+                 (long long)time(NULL), (int)getpid());
+    }
+    s->focus = 0;
+    s->form.sel = 0;
+    wb_open_screen(w, SCR_SAMPLE);
+}
+
+void sample_reload(wb *w)
+{
+    wb_sample_state *s = &w->sample;
+    free(s->res);
+    s->res = NULL;
+    s->n_res = 0;
+    lq_sample_filter f = {.path_prefix = s->prefix, .rating = -1};
+    coin_error err = {0};
+    if (lq_samples(w->l, &f, &s->res, &s->n_res, &err))
+        wb_message(w, 1, "%s", err.msg);
+    if (s->sel >= (int)s->n_res)
+        s->sel = s->n_res ? (int)s->n_res - 1 : 0;
+}
+
+/* Tiles of the grid: how many fit, and their size in cells. */
+typedef struct grid {
+    int y, x, h, wd, rows, per_row, th, tw, first;
+} grid;
+
+static void layout(wb *w, int n, int sel, int grid_rows, int y, int x, int h, int wd, grid *g)
+{
+    g->y = y;
+    g->x = x;
+    g->h = h;
+    g->wd = wd;
+    g->rows = grid_rows < 1 ? 1 : grid_rows > 4 ? 4 : grid_rows;
+    g->th = h / g->rows - 1;        /* a label row above each picture */
+    if (g->th < 2)
+        g->th = 2;
+    g->tw = g->th * 2;
+    g->per_row = wd / (g->tw + 1);
+    if (g->per_row < 1) {
+        g->per_row = 1;
+        g->tw = wd - 1;
+        g->th = g->tw / 2;
+    }
+    int page = g->rows * g->per_row;
+    g->first = sel / page * page;
+    (void)w;
+    (void)n;
+}
+
+static void grid_cell(const grid *g, int i, int *ty, int *tx)
+{
+    int k = i - g->first;
+    *ty = g->y + (k / g->per_row) * (g->th + 1);
+    *tx = g->x + (k % g->per_row) * (g->tw + 1);
+}
+
+/* The results grid shared by the screens that show samples. */
+static void draw_results(wb *w, const lq_sample_row *res, size_t n, int sel, int focused,
+                         int grid_rows, int y, int x, int h, int wd)
+{
+    grid g;
+    layout(w, (int)n, sel, grid_rows, y, x, h, wd, &g);
+    int page = g.rows * g.per_row;
+    for (int i = g.first; i < (int)n && i < g.first + page; i++) {
+        int ty, tx;
+        grid_cell(&g, i, &ty, &tx);
+        const lq_sample_row *r = &res[i];
+        int is_sel = i == sel;
+        const char *mark = r->rating == 1 ? (w->utf8 ? "\xe2\x9c\x93" : "+")
+                           : r->rating == 0 ? (w->utf8 ? "\xe2\x9c\x97" : "x") : " ";
+        unsigned a = is_sel && focused ? draw_attr(w, CP_SEL, A_REVERSE)
+                : is_sel ? A_BOLD | A_UNDERLINE : A_NORMAL;
+        int lx = draw_textf(w, ty, tx, g.tw, a, "#%lld seed %llu ", (long long)r->id,
+                            (unsigned long long)r->seed);
+        draw_text(w, ty, tx + lx, g.tw - lx,
+                  r->rating == 1 ? draw_attr(w, CP_OK, A_BOLD) : draw_attr(w, CP_BAD, A_BOLD), mark);
+        draw_image(w, ty + 1, tx, g.th, g.tw, r->image_path);
+    }
+    if (n > (size_t)page)
+        draw_textf(w, y + h, x, wd, draw_attr(w, CP_DIM, A_DIM), "images %d-%d of %zu", g.first + 1,
+                   g.first + page < (int)n ? g.first + page : (int)n, n);
+}
+
+void sample_draw(wb *w)
+{
+    wb_sample_state *s = &w->sample;
+    int good = 0, rated = 0;
+    for (size_t i = 0; i < s->n_res; i++)
+        if (s->res[i].rating >= 0) {
+            rated++;
+            good += s->res[i].rating;
+        }
+    draw_title(w, " coin  Sample%s%s  %zu image%s  %d rated, %d good", s->trigger[0] ? "  " : "",
+               s->trigger, s->n_res, s->n_res == 1 ? "" : "s", rated, good);
+    int fw = 46;
+    draw_text(w, 1, 0, fw, A_BOLD, s->focus == 0 ? "Parameters (Tab: to the images)"
+                                                 : "Parameters");
+    form_draw(w, &s->form, 2, 0, N_SAMPLE_FIELDS, fw - 1, s->focus == 0);
+    int y = 2 + N_SAMPLE_FIELDS + 1;
+    if (s->trigger[0])
+        draw_textf(w, y++, 0, fw, draw_attr(w, CP_DIM, A_NORMAL), "trigger %s: Ctrl-T types it",
+                   s->trigger);
+    if (s->regen_result[0])
+        draw_text(w, y++, 0, fw, draw_attr(w, CP_OK, A_BOLD), s->regen_result);
+    if (s->sel >= 0 && s->sel < (int)s->n_res) {
+        const lq_sample_row *r = &s->res[s->sel];
+        draw_textf(w, y++, 0, fw, A_NORMAL, "#%lld: %s", (long long)r->id, r->prompt);
+        draw_textf(w, y++, 0, fw, draw_attr(w, CP_DIM, A_NORMAL), "%d steps  cfg %g  %s  %dx%d",
+                   r->steps, r->guidance, r->sampler, r->width, r->height);
+    }
+    draw_text(w, 1, fw + 1, w->cols - fw - 1, A_BOLD,
+              s->focus == 1 ? "Images (y/n rate, r regenerate, i info, p path)" : "Images");
+    if (!s->n_res)
+        draw_text(w, 3, fw + 1, w->cols - fw - 1, draw_attr(w, CP_DIM, A_DIM),
+                  "none yet: Ctrl-G (or F5) makes them; they appear as they finish");
+    int grid_rows = atoi(form_get(&s->form, "grid")->value);
+    draw_results(w, s->res, s->n_res, s->sel, s->focus == 1, grid_rows, 2, fw + 1,
+                 w->rows - 5, w->cols - fw - 1);
+    static const char *const form_keys[] = {"^G", "Generate", "Tab", "Next", "^R", "Seed",
+                                            "^T", "Trigger", "Esc", "Back", "F1", "Help", NULL};
+    static const char *const res_keys[] = {"y", "Good", "n", "Bad", "r", "Regen", "i", "Info",
+                                           "p", "Path", "Tab", "Form", "Esc", "Back", "?", "Help",
+                                           NULL};
+    draw_keybar(w, s->focus == 0 ? form_keys : res_keys);
+}
+
+static void sample_started(wb *w, void *ctx, int status, const char *out, const char *errs)
+{
+    (void)ctx;
+    if (status == 0) {
+        long long id = atoll(out);
+        if (id > 0)
+            wb_message(w, 0, "sampling run %lld queued; images appear as they finish", id);
+        else
+            wb_message(w, 0, "sampling in the background; images appear as they finish");
+        return;
+    }
+    const char *p = errs + strlen(errs);
+    while (p > errs && p[-1] == '\n')
+        p--;
+    const char *b = p;
+    while (b > errs && b[-1] != '\n')
+        b--;
+    wb_message(w, 1, "coin sample failed: %.*s", (int)(p - b), b);
+}
+
+static void generate(wb *w)
+{
+    wb_sample_state *s = &w->sample;
+    wb_form *f = &s->form;
+    if (!form_get(f, "prompt")->value[0] || !form_get(f, "model")->value[0]) {
+        wb_message(w, 1, "a prompt and a model are needed");
+        return;
+    }
+    char out[1200], dir[1100];
+    snprintf(dir, sizeof dir, "%s/samples", w->home);
+    if (mkdir(dir, 0755) && errno != EEXIST) {
+        wb_message(w, 1, "cannot create %s: %s", dir, strerror(errno));
+        return;
+    }
+    snprintf(out, sizeof out, "%s%d.png", s->prefix, ++s->jobs);
+    char *args[40];
+    int n = 0;
+    args[n++] = "sample";
+    static const char *const opts[][2] = {
+        {"model", "--model"}, {"prompt", "--prompt"}, {"negative", "--negative"},
+        {"seed", "--seed"}, {"steps", "--steps"}, {"cfg", "--cfg"}, {"sampler", "--sampler"},
+        {"schedule", "--schedule"}, {"width", "--width"}, {"height", "--height"},
+        {"batch", "--batch"}, {"embedding", "--embedding"}};
+    for (size_t i = 0; i < sizeof opts / sizeof *opts; i++) {
+        wb_field *x = form_get(f, opts[i][0]);
+        if (!x->value[0] || (x->type == FT_INT && !strcmp(x->key, "width") && atoi(x->value) == 0) ||
+            (!strcmp(x->key, "height") && atoi(x->value) == 0) ||
+            (!strcmp(x->key, "sampler") && !strcmp(x->value, "model's own")) ||
+            (!strcmp(x->key, "negative") && !x->value[0]))
+            continue;
+        args[n++] = (char *)opts[i][1];
+        args[n++] = x->value;
+    }
+    args[n++] = "--out";
+    args[n++] = out;
+    args[n] = NULL;
+    if (wb_start_job(w, args, sample_started, NULL) == 0)
+        wb_message(w, 0, "starting coin sample...");
+}
+
+/* ---- actions on one image (shared with Browse and Evaluate) ---- */
+
+typedef struct regen_ctx {
+    int64_t id;
+} regen_ctx;
+
+static void regen_done(wb *w, void *ctx, int status, const char *out, const char *errs)
+{
+    regen_ctx *r = ctx;
+    char line[160];
+    (void)status;
+    if (strstr(out, "identical"))
+        snprintf(line, sizeof line, "sample %lld regenerated: identical", (long long)r->id);
+    else if (strstr(out, "differ"))
+        snprintf(line, sizeof line, "sample %lld regenerated: different", (long long)r->id);
+    else {
+        const char *p = errs + strlen(errs);
+        while (p > errs && p[-1] == '\n')
+            p--;
+        const char *b = p;
+        while (b > errs && b[-1] != '\n')
+            b--;
+        snprintf(line, sizeof line, "regenerating sample %lld failed: %.*s", (long long)r->id,
+                 (int)(p - b > 100 ? 100 : p - b), b);
+    }
+    snprintf(w->sample.regen_result, sizeof w->sample.regen_result, "%s", line);
+    wb_message(w, !strstr(line, "identical"), "%s", line);
+    free(r);
+}
+
+int sample_action(wb *w, const lq_sample_row *s, wint_t ch)
+{
+    coin_error err = {0};
+    switch (ch) {
+    case 'y': case 'n':
+        if (ledger_rate_sample(w->l, s->id, ch == 'y', NULL, &err))
+            wb_message(w, 1, "%s", err.msg);
+        else
+            wb_message(w, 0, "sample %lld rated %s", (long long)s->id, ch == 'y' ? "good" : "bad");
+        w->reload = 1;
+        return 1;
+    case 'r': {
+        regen_ctx *r = malloc(sizeof *r);
+        if (!r)
+            return 1;
+        r->id = s->id;
+        char id[24];
+        snprintf(id, sizeof id, "%lld", (long long)s->id);
+        char *args[] = {"regen", id, NULL};
+        if (wb_command(w, args, regen_done, r) == 0) {
+            snprintf(w->sample.regen_result, sizeof w->sample.regen_result,
+                     "regenerating sample %lld...", (long long)s->id);
+            wb_message(w, 0, "regenerating sample %lld to compare...", (long long)s->id);
+        } else {
+            free(r);
+        }
+        return 1;
+    }
+    case 'i': {
+        ledger_sample x;
+        if (ledger_get_sample(w->l, s->id, &x, &err)) {
+            wb_message(w, 1, "%s", err.msg);
+            return 1;
+        }
+        w->dlg.kind = 1;
+        w->dlg.top = 0;
+        snprintf(w->dlg.title, sizeof w->dlg.title, "Sample %lld", (long long)s->id);
+        snprintf(w->dlg.text, sizeof w->dlg.text,
+                 "prompt    %s\nnegative  %s\nseed      %llu\nsteps     %d\nguidance  %g\n"
+                 "sampler   %s\nschedule  %s\nsize      %dx%d\nrng       %s\nrun       %lld\n"
+                 "checkpoint %lld\nmodel     %.16s...\nembeddings %s\nimage     %s\nsha256    %s\n"
+                 "rating    %s",
+                 x.prompt, x.negative ? x.negative : "", (unsigned long long)x.seed, x.steps,
+                 x.guidance, x.sampler ? x.sampler : "-", x.schedule ? x.schedule : "-", x.width,
+                 x.height, x.rng ? x.rng : "-", (long long)x.run, (long long)x.checkpoint,
+                 x.model_sha256 ? x.model_sha256 : "-", x.embeddings_json ? x.embeddings_json : "[]",
+                 x.image_path ? x.image_path : "-", x.image_sha256 ? x.image_sha256 : "-",
+                 s->rating == 1 ? "good" : s->rating == 0 ? "bad" : "not rated");
+        ledger_sample_free(&x);
+        w->full_redraw = 1;
+        return 1;
+    }
+    case 'p':
+        w->dlg.kind = 1;
+        w->dlg.top = 0;
+        snprintf(w->dlg.title, sizeof w->dlg.title, "Path of sample %lld", (long long)s->id);
+        snprintf(w->dlg.text, sizeof w->dlg.text, "%s", s->image_path);
+        w->full_redraw = 1;
+        return 1;
+    default: return 0;
+    }
+}
+
+/* Moves a grid selection with the arrow keys. */
+static int grid_move(int *sel, int n, int per_row, wint_t ch)
+{
+    int s = *sel;
+    if (ch == KEY_LEFT && s > 0)
+        s--;
+    else if (ch == KEY_RIGHT && s + 1 < n)
+        s++;
+    else if (ch == KEY_UP && s - per_row >= 0)
+        s -= per_row;
+    else if (ch == KEY_DOWN && s + per_row < n)
+        s += per_row;
+    else if (ch == KEY_HOME)
+        s = 0;
+    else if (ch == KEY_END && n)
+        s = n - 1;
+    else
+        return 0;
+    *sel = s;
+    return 1;
+}
+
+int sample_key(wb *w, int is_key, wint_t ch)
+{
+    wb_sample_state *s = &w->sample;
+    if ((!is_key && ch == 7) || (is_key && ch == KEY_F(5))) {
+        generate(w);
+        return 1;
+    }
+    if (!is_key && ch == 18) {
+        char seed[32];
+        snprintf(seed, sizeof seed, "%llu", (unsigned long long)wb_random_seed());
+        form_set(&s->form, "seed", seed);
+        return 1;
+    }
+    if (s->focus == 0) {
+        if (!is_key && ch == 20 && s->trigger[0]) {      /* Ctrl-T */
+            wb_field *x = &s->form.f[s->form.sel];
+            if (x->type == FT_TEXT)
+                for (const char *p = s->trigger; *p; p++)
+                    form_key(&s->form, 0, (wint_t)(unsigned char)*p);
+            return 1;
+        }
+        if (!is_key && ch == '\t' && s->form.sel == s->form.n - 1) {
+            s->focus = 1;
+            return 1;
+        }
+        if (!is_key && ch == '\r' && s->form.sel == s->form.n - 1) {
+            generate(w);
+            return 1;
+        }
+        if (form_key(&s->form, is_key, ch))
+            return 1;
+        return 0;
+    }
+    /* the images */
+    if ((!is_key && ch == '\t') || (is_key && ch == KEY_BTAB)) {
+        s->focus = 0;
+        return 1;
+    }
+    grid g;
+    layout(w, (int)s->n_res, s->sel, atoi(form_get(&s->form, "grid")->value), 2, 47,
+           w->rows - 5, w->cols - 47, &g);
+    if (is_key)
+        return grid_move(&s->sel, (int)s->n_res, g.per_row, ch);
+    if (s->sel >= 0 && s->sel < (int)s->n_res && sample_action(w, &s->res[s->sel], ch))
+        return 1;
+    return 0;
+}
+
+void sample_click(wb *w, int y, int x)
+{
+    wb_sample_state *s = &w->sample;
+    if (x < 46) {
+        int i = s->form.top + y - 2;
+        if (y >= 2 && i < s->form.n) {
+            s->form.sel = i;
+            s->focus = 0;
+        }
+        return;
+    }
+    grid g;
+    layout(w, (int)s->n_res, s->sel, atoi(form_get(&s->form, "grid")->value), 2, 47,
+           w->rows - 5, w->cols - 47, &g);
+    for (int i = g.first; i < (int)s->n_res && i < g.first + g.rows * g.per_row; i++) {
+        int ty, tx;
+        grid_cell(&g, i, &ty, &tx);
+        if (y >= ty && y <= ty + g.th && x >= tx && x < tx + g.tw) {
+            s->sel = i;
+            s->focus = 1;
+        }
+    }
+}
+
+void sample_results_draw(wb *w, const lq_sample_row *res, size_t n, int sel, int focused,
+                         int grid_rows, int y, int x, int h, int wd)
+{
+    draw_results(w, res, n, sel, focused, grid_rows, y, x, h, wd);
+}
+
+int sample_results_key(wb *w, int *sel, size_t n, int grid_rows, int h, int wd, wint_t ch)
+{
+    grid g;
+    layout(w, (int)n, *sel, grid_rows, 0, 0, h, wd, &g);
+    return grid_move(sel, (int)n, g.per_row, ch);
+}
