@@ -93,6 +93,8 @@ int wb_command(struct wb *w, char *const args[], wb_cmd_done done, void *ctx);
 int wb_start_job(struct wb *w, char *const args[], wb_cmd_done done, void *ctx);
 /* The fds to poll and, after poll, reads them and finishes ended commands. */
 int wb_cmd_fds(struct wb *w, int *fds, int cap);
+/* The line of a command's stderr that says what went wrong, into buf. */
+void wb_last_error(const char *errs, char *buf, size_t len);
 void wb_cmd_service(struct wb *w);
 void wb_cmd_free_all(struct wb *w);
 
@@ -108,6 +110,7 @@ typedef struct wb_runs_state {
     int reverse;
     char search[128];
     int64_t sel_id;             /* keeps the selection across reloads */
+    int64_t select_after;       /* >0: select the first run newer than this id */
     /* per-run extras for the visible rows, cached until the ledger changes */
     struct runs_extra *extra;
     size_t n_extra;
@@ -214,6 +217,7 @@ typedef struct wb {
     wb_run_state run;
     wb_form form;               /* the new-run form */
     wb_field form_fields[28];
+    char form_auto_out[1100];   /* the output folder the form proposed */
     wb_sample_state sample;
     wb_browse_state browse;
     wb_eval_state eval;

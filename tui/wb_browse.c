@@ -236,13 +236,9 @@ static void eval_started(wb *w, void *ctx, int status, const char *out, const ch
     (void)ctx;
     (void)out;
     if (status) {
-        const char *p = errs + strlen(errs);
-        while (p > errs && p[-1] == '\n')
-            p--;
-        const char *b = p;
-        while (b > errs && b[-1] != '\n')
-            b--;
-        wb_message(w, 1, "coin sample failed: %.*s", (int)(p - b), b);
+        char line[400];
+        wb_last_error(errs, line, sizeof line);
+        wb_message(w, 1, "coin sample failed: %s", line);
     }
 }
 
@@ -381,8 +377,7 @@ int eval_key(wb *w, int is_key, wint_t ch)
         queue_grid(w);
         return 1;
     }
-    if ((!is_key && ch == '\t' && (s->focus == 1 || s->form.sel == s->form.n - 1)) ||
-        (is_key && ch == KEY_BTAB && s->focus == 1)) {
+    if ((!is_key && ch == '\t') || (is_key && ch == KEY_BTAB)) {
         s->focus = !s->focus;
         return 1;
     }

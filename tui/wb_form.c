@@ -26,16 +26,20 @@
 
 wb_field *form_get(wb_form *f, const char *key)
 {
+    /* an unknown key is a programming error; a blank field keeps it harmless */
+    static wb_field none;
     for (int i = 0; i < f->n; i++)
         if (!strcmp(f->f[i].key, key))
             return &f->f[i];
-    return NULL;
+    memset(&none, 0, sizeof none);
+    none.label = none.key = "";
+    return &none;
 }
 
 void form_set(wb_form *f, const char *key, const char *value)
 {
     wb_field *x = form_get(f, key);
-    if (x) {
+    if (x->key[0]) {
         snprintf(x->value, sizeof x->value, "%s", value ? value : "");
         x->cur = strlen(x->value);
     }
@@ -364,10 +368,9 @@ void form_new_run(wb *w, int64_t clone_from)
             ledger_run_free(&r);
         }
     }
-    char out[1100];
-    fresh_out_dir(w, form_get(f, "token")->value, out, sizeof out);
-    form_set(f, "out", out);
-    w->form.sel = clone_from ? 0 : 0;
+    fresh_out_dir(w, form_get(f, "token")->value, w->form_auto_out, sizeof w->form_auto_out);
+    form_set(f, "out", w->form_auto_out);
+    f->sel = 0;
     wb_open_screen(w, SCR_FORM);
 }
 
@@ -382,22 +385,26 @@ static void run_started(wb *w, void *ctx, int status, const char *out, const cha
     } else if (status == 0) {
         wb_message(w, 0, "training started in the background");
     } else {
-        /* the last line coin printed says what was wrong */
-        char last[400] = "";
-        const char *p = errs + strlen(errs);
-        while (p > errs && (p[-1] == '\n'))
-            p--;
-        const char *s = p;
-        while (s > errs && s[-1] != '\n')
-            s--;
-        snprintf(last, sizeof last, "%.*s", (int)(p - s), s);
-        wb_message(w, 1, "coin train failed: %s", last[0] ? last : "(no message; see workbench.log)");
+        char last[400];
+        wb_last_error(errs, last, sizeof last);
+        wb_message(w, 1, "coin train failed: %s", last);
     }
 }
 
 static void start_training(wb *w)
 {
     wb_form *f = &w->form;
+    /* an output folder the operator left alone follows the trigger word */
+    if (!strcmp(form_get(f, "out")->value, w->form_auto_out)) {
+        fresh_out_dir(w, form_get(f, "token")->value, w->form_auto_out, sizeof w->form_auto_out);
+        form_set(f, "out", w->form_auto_out);
+    }
+    char runs_dir[1000];
+    snprintf(runs_dir, sizeof runs_dir, "%s/runs", w->home);
+    if (mkdir(runs_dir, 0755) && errno != EEXIST) {
+        wb_message(w, 1, "cannot create %s: %s", runs_dir, strerror(errno));
+        return;
+    }
     static const char *const required[] = {"model", "images", "token", "init", "out"};
     for (size_t i = 0; i < sizeof required / sizeof *required; i++)
         if (!form_get(f, required[i])->value[0]) {
@@ -441,6 +448,10 @@ static void start_training(wb *w)
         args[n++] = x->value;
     }
     args[n] = NULL;
+    int64_t newest = 0;
+    coin_error err = {0};
+    lq_run_counts(w->l, &newest, NULL, &err);
+    w->runs.select_after = newest > 0 ? newest : -1;
     if (wb_start_job(w, args, run_started, NULL) == 0) {
         wb_message(w, 0, "starting the training run...");
         wb_open_screen(w, SCR_RUNS);

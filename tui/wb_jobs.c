@@ -282,3 +282,26 @@ void wb_cmd_free_all(wb *w)
         memset(c, 0, sizeof *c);
     }
 }
+
+void wb_last_error(const char *errs, char *buf, size_t len)
+{
+    /* the last line that says something: coin ends usage errors with a
+     * pointer to --help, and warnings come before the error */
+    buf[0] = '\0';
+    const char *end = errs + strlen(errs);
+    while (end > errs) {
+        while (end > errs && end[-1] == '\n')
+            end--;
+        const char *b = end;
+        while (b > errs && b[-1] != '\n')
+            b--;
+        if (end > b && strncmp(b, "(see ", 5) != 0) {
+            if (!strncmp(b, "coin: ", 6))
+                b += 6;
+            snprintf(buf, len, "%.*s", (int)(end - b), b);
+            return;
+        }
+        end = b;
+    }
+    snprintf(buf, len, "no message (see workbench.log in the ledger's folder)");
+}

@@ -301,14 +301,15 @@ void run_draw(wb *w)
 static void control_done(wb *w, void *ctx, int status, const char *out, const char *errs)
 {
     (void)ctx;
-    const char *text = status == 0 ? out : errs;
     char line[300];
-    snprintf(line, sizeof line, "%s", text);
-    char *nl = strchr(line, '\n');
-    if (nl)
-        *nl = '\0';
-    if (!strncmp(line, "coin: ", 6))
-        memmove(line, line + 6, strlen(line + 6) + 1);
+    if (status == 0) {
+        snprintf(line, sizeof line, "%s", out);
+        char *nl = strchr(line, '\n');
+        if (nl)
+            *nl = '\0';
+    } else {
+        wb_last_error(errs, line, sizeof line);
+    }
     wb_message(w, status != 0, "%s", line[0] ? line : status ? "the command failed" : "done");
 }
 

@@ -103,6 +103,12 @@ void runs_reload(wb *w)
     s->n = 0;
     if (ledger_list_runs(w->l, collect, s, &err))
         wb_message(w, 1, "%s", err.msg[0] ? err.msg : "out of memory reading the runs");
+    /* a run this screen started (without learning its id) is selected once it shows */
+    for (size_t i = 0; s->select_after && i < s->n; i++)
+        if (s->rows[i].id > s->select_after) {
+            s->sel_id = s->rows[i].id;
+            s->select_after = 0;
+        }
     rebuild_order(w);
     /* the extras are read again for what is on screen */
     s->n_extra = 0;

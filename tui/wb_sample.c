@@ -131,20 +131,27 @@ static void layout(wb *w, int n, int sel, int grid_rows, int y, int x, int h, in
     g->h = h;
     g->wd = wd;
     g->rows = grid_rows < 1 ? 1 : grid_rows > 4 ? 4 : grid_rows;
+    /* as many per row as the images need, as large as the box allows */
+    int want = (n + g->rows - 1) / g->rows;
+    want = want < 1 ? 1 : want > 6 ? 6 : want;
     g->th = h / g->rows - 1;        /* a label row above each picture */
     if (g->th < 2)
         g->th = 2;
-    g->tw = g->th * 2;
-    g->per_row = wd / (g->tw + 1);
-    if (g->per_row < 1) {
-        g->per_row = 1;
-        g->tw = wd - 1;
+    g->tw = g->th * 2;              /* cells are about twice as tall as wide */
+    if (g->tw > wd / want - 1) {
+        g->tw = wd / want - 1;
         g->th = g->tw / 2;
     }
+    if (g->tw < 4) {
+        g->tw = 4;
+        g->th = 2;
+    }
+    g->per_row = wd / (g->tw + 1);
+    if (g->per_row < 1)
+        g->per_row = 1;
     int page = g->rows * g->per_row;
     g->first = sel / page * page;
     (void)w;
-    (void)n;
 }
 
 static void grid_cell(const grid *g, int i, int *ty, int *tx)
@@ -216,7 +223,7 @@ void sample_draw(wb *w)
     int grid_rows = atoi(form_get(&s->form, "grid")->value);
     draw_results(w, s->res, s->n_res, s->sel, s->focus == 1, grid_rows, 2, fw + 1,
                  w->rows - 5, w->cols - fw - 1);
-    static const char *const form_keys[] = {"^G", "Generate", "Tab", "Next", "^R", "Seed",
+    static const char *const form_keys[] = {"^G", "Generate", "Tab", "Images", "^R", "Seed",
                                             "^T", "Trigger", "Esc", "Back", "F1", "Help", NULL};
     static const char *const res_keys[] = {"y", "Good", "n", "Bad", "r", "Regen", "i", "Info",
                                            "p", "Path", "Tab", "Form", "Esc", "Back", "?", "Help",
@@ -235,13 +242,9 @@ static void sample_started(wb *w, void *ctx, int status, const char *out, const 
             wb_message(w, 0, "sampling in the background; images appear as they finish");
         return;
     }
-    const char *p = errs + strlen(errs);
-    while (p > errs && p[-1] == '\n')
-        p--;
-    const char *b = p;
-    while (b > errs && b[-1] != '\n')
-        b--;
-    wb_message(w, 1, "coin sample failed: %.*s", (int)(p - b), b);
+    char line[400];
+    wb_last_error(errs, line, sizeof line);
+    wb_message(w, 1, "coin sample failed: %s", line);
 }
 
 static void generate(wb *w)
@@ -300,14 +303,9 @@ static void regen_done(wb *w, void *ctx, int status, const char *out, const char
     else if (strstr(out, "differ"))
         snprintf(line, sizeof line, "sample %lld regenerated: different", (long long)r->id);
     else {
-        const char *p = errs + strlen(errs);
-        while (p > errs && p[-1] == '\n')
-            p--;
-        const char *b = p;
-        while (b > errs && b[-1] != '\n')
-            b--;
-        snprintf(line, sizeof line, "regenerating sample %lld failed: %.*s", (long long)r->id,
-                 (int)(p - b > 100 ? 100 : p - b), b);
+        char why[120];
+        wb_last_error(errs, why, sizeof why);
+        snprintf(line, sizeof line, "regenerating sample %lld failed: %s", (long long)r->id, why);
     }
     snprintf(w->sample.regen_result, sizeof w->sample.regen_result, "%s", line);
     wb_message(w, !strstr(line, "identical"), "%s", line);
@@ -420,7 +418,7 @@ int sample_key(wb *w, int is_key, wint_t ch)
                     form_key(&s->form, 0, (wint_t)(unsigned char)*p);
             return 1;
         }
-        if (!is_key && ch == '\t' && s->form.sel == s->form.n - 1) {
+        if (!is_key && ch == '\t') {
             s->focus = 1;
             return 1;
         }
