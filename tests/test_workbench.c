@@ -1,0 +1,246 @@
+/*
+ * test_workbench.c - the workbench end to end: the real bin/coin driven in
+ * a private tmux server (send-keys in, capture-pane out) on the tiny test
+ * model, as an operator would use it: a run created from the form, its loss
+ * curve moving, a checkpoint and its previews, sampling, rating,
+ * regenerating ("identical"), resizing, quitting with the job running and
+ * coming back to it live, stopping it with confirmation.
+ *
+ * Skipped only when tmux is missing.  Each wait polls the screen, so the
+ * test takes as long as the jobs take, within generous limits.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "test.h"
+
+static char sock[800], repo[1024];
+
+static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int sh(const char *fmt, ...)
+{
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* The visible screen, one line per row. */
+static void screen(char *buf, size_t len)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "tmux -S %s capture-pane -p -t wb 2>/dev/null", sock);
+    FILE *p = popen(cmd, "r");
+    size_t n = p ? fread(buf, 1, len - 1, p) : 0;
+    buf[n] = '\0';
+    if (p)
+        pclose(p);
+}
+
+static char scr[65536];
+
+/* Polls the screen until it holds want (up to seconds); 1 when it did. */
+static int wait_for(const char *want, double seconds)
+{
+    for (int i = 0; i < seconds * 10; i++) {
+        screen(scr, sizeof scr);
+        if (strstr(scr, want))
+            return 1;
+        usleep(100000);
+    }
+    return 0;
+}
+
+static void keys(const char *k)
+{
+    sh("tmux -S %s send-keys -t wb %s", sock, k);
+    usleep(60000);
+}
+
+/* The number after "step " on the title line, -1 when not shown. */
+static int title_step(void)
+{
+    screen(scr, sizeof scr);
+    const char *p = strstr(scr, " step ");
+    return p && p < strchr(scr, '\n') ? atoi(p + 6) : -1;
+}
+
+static int count_braille(const char *s)
+{
+    int n = 0;
+    for (; *s; s++)   /* U+2801..U+28FF: E2 A0 81 .. E2 A3 BF */
+        if ((unsigned char)s[0] == 0xE2 && ((unsigned char)s[1] & 0xFC) == 0xA0 &&
+            !((unsigned char)s[1] == 0xA0 && (unsigned char)s[2] == 0x80))
+            n++;
+    return n;
+}
+
+static void start_coin(const char *home)
+{
+    sh("tmux -S %s respawn-pane -k -t wb -c %s \"env COIN_HOME=%s COIN_GRAPHICS=blocks "
+       "LANG=C.UTF-8 LC_ALL=C.UTF-8 sh -c '%s/bin/coin; echo WB-EXIT=\\$?; sleep 600'\"",
+       sock, repo, home, repo);
+}
+
+TEST(workbench_end_to_end_in_tmux)
+{
+    if (sh("tmux -V >/dev/null 2>&1") != 0) {
+        test_skip("tmux is not installed");
+        return;
+    }
+    const char *dir = test_tmpdir();
+    char home[900], images[900];
+    REQUIRE(getcwd(repo, sizeof repo));
+    snprintf(sock, sizeof sock, "%s/tmux.sock", dir);
+    snprintf(home, sizeof home, "%s/home", dir);
+    snprintf(images, sizeof images, "%s/images", dir);
+    REQUIRE(sh("mkdir -p %s %s && cp tests/golden/image/png_ga8.png %s/a.png", home, images,
+               images) == 0);
+    setenv("LANG", "C.UTF-8", 1);
+    REQUIRE(sh("tmux -S %s -f /dev/null new-session -d -s wb -x 100 -y 30 'sleep 600'", sock) == 0);
+    sh("tmux -S %s set-option -g status off", sock);
+    start_coin(home);
+    CHECK(wait_for("No runs yet", 20));
+
+    /* 1. a run from the form: model, images, trigger, init, then steps,
+     * batch, checkpoint interval, previews and their steps */
+    keys("n");
+    CHECK(wait_for("New training run", 5));
+    char k[2048];
+    snprintf(k, sizeof k, "C-u '%s/tests/golden/sd1/model.safetensors' Down '%s' Down '<tmx>' "
+             "Down hand Down Down C-u 3000", repo, images);
+    keys(k);
+    keys("Down Down Down Down Down C-u 1");                         /* batch */
+    keys("Down Down Down Down Down Down Down C-u 20");              /* checkpoint every */
+    keys("Down Down Down C-u 1 Down Down C-u 2");                   /* previews, their steps */
+    screen(scr, sizeof scr);
+    CHECK_STR_CONTAINS(scr, "<tmx>");
+    keys("C-g");
+    CHECK(wait_for("<tmx>", 30));
+    CHECK(wait_for("running", 60));
+    keys("Enter");
+    CHECK(wait_for("Run 1  <tmx>", 10));
+
+    /* 2. the loss curve moves: more steps and braille dots on a later look */
+    CHECK(wait_for("Loss  linear", 10));
+    int s1 = title_step();
+    int dots1 = count_braille(scr);
+    int s2 = s1, dots2 = dots1;
+    for (int i = 0; i < 300 && (s2 <= s1 + 20 || dots2 <= dots1); i++) {
+        usleep(100000);
+        s2 = title_step();
+        dots2 = count_braille(scr);
+    }
+    CHECK_MSG(s2 > s1, "the step did not move: %d then %d", s1, s2);
+    CHECK_MSG(dots2 > 0, "no braille plot on screen:\n%s", scr);
+    CHECK(strstr(scr, "it/s") != NULL);
+
+    /* 3. a checkpoint and its preview image, drawn in half blocks */
+    CHECK(wait_for("Previews at step 20", 30));
+    keys("Home");
+    CHECK(wait_for("Previews at step 20", 5));
+    int have_blocks = 0;
+    for (int i = 0; i < 50 && !have_blocks; i++) {
+        screen(scr, sizeof scr);
+        /* U+2580 upper half block, or the file name where no renderer is linked */
+        have_blocks = strstr(scr, "\xe2\x96\x80") || strstr(scr, "[step-20-0.png]");
+        usleep(100000);
+    }
+    CHECK_MSG(have_blocks, "no preview image:\n%s", scr);
+
+    /* 4. sample from that checkpoint: 2 images of 2 steps */
+    keys("s");
+    CHECK(wait_for("Sample  <tmx>", 5));
+    keys("Down Down Down C-u 2 Down Down Down Down Down Down C-u 2");
+    keys("C-g");
+    CHECK(wait_for("seed 43", 60));
+    keys("Tab");
+    keys("y");
+    CHECK(wait_for("1 rated, 1 good", 10));
+    keys("Right");
+    keys("n");
+    CHECK(wait_for("2 rated, 1 good", 10));
+    /* regenerate the selected image and compare */
+    keys("r");
+    CHECK(wait_for("regenerated: identical", 60));
+    screen(scr, sizeof scr);
+
+    /* 5. resize: too small says so, larger redraws whole */
+    sh("tmux -S %s resize-window -t wb -x 70 -y 20", sock);
+    CHECK(wait_for("needs at least 80x24", 5));
+    sh("tmux -S %s resize-window -t wb -x 120 -y 35", sock);
+    CHECK(wait_for("Sample  <tmx>", 5));
+    screen(scr, sizeof scr);
+    /* 35 rows: the key bar on the last one */
+    int lines = 0;
+    const char *last = scr;
+    for (const char *p = scr; *p; p++)
+        if (*p == '\n' && p[1]) {
+            lines++;
+            last = p + 1;
+        }
+    CHECK_EQ_INT(lines, 34);
+    CHECK_STR_CONTAINS(last, "Good");
+
+    /* 6. quit with the job running; it goes on; coin again shows it live */
+    keys("Escape");
+    CHECK(wait_for("Run 1", 5));
+    keys("q");
+    CHECK(wait_for("WB-EXIT=0", 10));
+    char cmd[1200], out[4096] = "";
+    snprintf(cmd, sizeof cmd, "COIN_HOME=%s bin/coin runs", home);
+    FILE *p = popen(cmd, "r");
+    if (p) {
+        size_t n = fread(out, 1, sizeof out - 1, p);
+        out[n] = '\0';
+        pclose(p);
+    }
+    CHECK_STR_CONTAINS(out, "running");
+    start_coin(home);
+    CHECK(wait_for("running", 20));
+    keys("End Enter");      /* run 1 is the oldest; the sampling run came after it */
+    CHECK(wait_for("Run 1  <tmx>", 10));
+    int s3 = title_step(), s4 = s3;
+    for (int i = 0; i < 200 && s4 <= s3; i++) {
+        usleep(100000);
+        s4 = title_step();
+    }
+    CHECK_MSG(s4 > s3, "after reopening the step did not move: %d then %d", s3, s4);
+
+    /* 7. stop asks first, then stops */
+    keys("x");
+    CHECK(wait_for("Stop run 1?", 5));
+    keys("y");
+    CHECK(wait_for("stopped", 60));
+
+    keys("q");
+    CHECK(wait_for("WB-EXIT=0", 10));
+
+    /* 8. killed by a signal (a crash among them), the terminal comes back:
+     * the alternate screen and mouse reporting off */
+    static const struct { const char *sig, *code; } sigs[] = {{"TERM", "WB-EXIT=143"},
+                                                              {"SEGV", "WB-EXIT=139"}};
+    for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) {
+        start_coin(home);
+        CHECK(wait_for("Runs:", 20));
+        CHECK(sh("test \"$(tmux -S %s display -p -t wb '#{alternate_on}#{mouse_any_flag}')\" "
+                 "= 11", sock) == 0);
+        /* coin is the only child of the pane's shell */
+        sh("pkill -%s -P \"$(tmux -S %s display -p -t wb '#{pane_pid}')\"", sigs[i].sig, sock);
+        CHECK_MSG(wait_for(sigs[i].code, 10), "no %s after SIG%s:\n%s", sigs[i].code,
+                  sigs[i].sig, scr);
+        CHECK(sh("test \"$(tmux -S %s display -p -t wb '#{alternate_on}#{mouse_any_flag}')\" "
+                 "= 00", sock) == 0);
+    }
+    sh("tmux -S %s kill-server 2>/dev/null", sock);
+    /* whatever happened above, no training outlives the test */
+    snprintf(cmd, sizeof cmd, "COIN_HOME=%s bin/coin stop 1 >/dev/null 2>&1", home);
+    sh("%s", cmd);
+}
