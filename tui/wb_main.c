@@ -10,6 +10,7 @@
  * until none is left before drawing, so a burst of keys costs one redraw.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <langinfo.h>
 #include <locale.h>
@@ -33,6 +34,7 @@
 #pragma weak termcaps_query
 
 static volatile sig_atomic_t curses_on;
+static int saved_stderr = -1;  /* the terminal's stderr while ours goes to the log */
 
 double wb_now(void)
 {
@@ -62,6 +64,11 @@ static void restore_terminal(void)
         endwin();
         fputs("\033[?1000l\033[?1002l\033[?1006l\033[0m", stdout);
         fflush(stdout);
+    }
+    if (saved_stderr >= 0) {
+        dup2(saved_stderr, STDERR_FILENO);
+        close(saved_stderr);
+        saved_stderr = -1;
     }
 }
 
@@ -516,6 +523,14 @@ int workbench_main(int argc, char **argv)
         fputs("coin: cannot start the terminal screen (is TERM set?)\n", stderr);
         ledger_close(w.l);
         return 1;
+    }
+    /* Whatever a library might print would tear the curses screen: while
+     * it is up, stderr goes to the log. */
+    int log = open(w.log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (log >= 0) {
+        saved_stderr = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 3);
+        dup2(log, STDERR_FILENO);
+        close(log);
     }
     runs_reload(&w);
     loop(&w);
