@@ -9,6 +9,7 @@
  * Skipped only when tmux is missing.  Each wait polls the screen, so the
  * test takes as long as the jobs take, within generous limits.
  */
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "db/ledger.h"
+#include "db/ledger_query.h"
 #include "test.h"
 
 static char sock[800], repo[1024];
@@ -243,4 +246,168 @@ TEST(workbench_end_to_end_in_tmux)
     /* whatever happened above, no training outlives the test */
     snprintf(cmd, sizeof cmd, "COIN_HOME=%s bin/coin stop 1 >/dev/null 2>&1", home);
     sh("%s", cmd);
+}
+
+/* ---- the workbench's ledger queries (db/ledger_query.c) ---- */
+
+static ledger *fresh_ledger(const char *name)
+{
+    char path[900];
+    snprintf(path, sizeof path, "%s/%s", test_tmpdir(), name);
+    ledger *l = NULL;
+    coin_error err = {0};
+    if (ledger_open(&l, path, &err))
+        test_failed(__FILE__, __LINE__, "%s", err.msg);
+    return l;
+}
+
+static int64_t add_run(ledger *l, const char *status)
+{
+    ledger_run r = {.kind = "train", .trigger = "<t>", .status = status, .steps_planned = 10};
+    int64_t id = 0;
+    coin_error err = {0};
+    if (ledger_insert_run(l, &r, &id, &err))
+        test_failed(__FILE__, __LINE__, "%s", err.msg);
+    return id;
+}
+
+static int64_t add_sample(ledger *l, int64_t run, const char *prompt, uint64_t seed,
+                          const char *path)
+{
+    ledger_sample s = {.run = run, .prompt = prompt, .seed = seed, .steps = 2, .guidance = 7.5,
+                       .width = 64, .height = 64, .image_path = path};
+    int64_t id = 0;
+    coin_error err = {0};
+    if (ledger_insert_sample(l, &s, &id, &err))
+        test_failed(__FILE__, __LINE__, "%s", err.msg);
+    return id;
+}
+
+TEST(ledger_query_reads_curves_by_their_tail_and_in_spans)
+{
+    ledger *l = fresh_ledger("curve.db");
+    REQUIRE(l);
+    coin_error err = {0};
+    int64_t run = add_run(l, "running");
+    int steps[] = {1, 2, 3, 4};
+    float loss[] = {1, 2, 3, 4};
+    REQUIRE_OK(ledger_record_losses(l, run, steps, loss, NULL, 4, &err), &err);
+    int *s = NULL;
+    float *lo = NULL;
+    size_t n = 0;
+    REQUIRE_OK(lq_losses_after(l, run, 0, &s, &lo, NULL, &n, &err), &err);
+    CHECK_EQ_INT(n, 4);
+    int more_steps[] = {5, 6};
+    float more[] = {5, 6};
+    REQUIRE_OK(ledger_record_losses(l, run, more_steps, more, NULL, 2, &err), &err);
+    REQUIRE_OK(lq_losses_after(l, run, s[n - 1], &s, &lo, NULL, &n, &err), &err);
+    CHECK_EQ_INT(n, 6);
+    CHECK(s[4] == 5 && s[5] == 6 && lo[5] == 6.0f && lo[0] == 1.0f);
+    free(s);
+    free(lo);
+    /* steps 1..4 in 2 spans: (1+2)/2 and (3+4)/2; in 8 spans every other is empty */
+    float spans[8];
+    REQUIRE_OK(lq_loss_spans(l, run, 4, 2, spans, &err), &err);
+    CHECK(spans[0] == 1.5f && spans[1] == 3.5f);
+    REQUIRE_OK(lq_loss_spans(l, run, 4, 8, spans, &err), &err);
+    CHECK(spans[0] == 1.0f && isnan(spans[1]) && spans[2] == 2.0f && spans[6] == 4.0f);
+    ledger_close(l);
+}
+
+TEST(ledger_query_filters_samples)
+{
+    ledger *l = fresh_ledger("samples.db");
+    REQUIRE(l);
+    coin_error err = {0};
+    int64_t a = add_run(l, "done"), b = add_run(l, "done");
+    int64_t s1 = add_sample(l, a, "A photo of Brad Pitt", 42, "/w/x-1.png");
+    int64_t s2 = add_sample(l, a, "a photo of a cat", 43, "/w/x-2.png");
+    int64_t s3 = add_sample(l, b, "brad pitt again", 42, "/v/y.png");
+    REQUIRE_OK(ledger_rate_sample(l, s1, 1, NULL, &err), &err);
+    REQUIRE_OK(ledger_rate_sample(l, s2, 0, NULL, &err), &err);
+    lq_sample_row *r = NULL;
+    size_t n = 0;
+    lq_sample_filter f = {.text = "BRAD", .rating = -1};
+    REQUIRE_OK(lq_samples(l, &f, &r, &n, &err), &err);
+    CHECK(n == 2 && r[0].id == s1 && r[1].id == s3 && r[0].rating == 1 && r[1].rating == -1);
+    free(r);
+    lq_sample_filter g = {.has_seed = 1, .seed = 42, .run = a, .rating = -1};
+    REQUIRE_OK(lq_samples(l, &g, &r, &n, &err), &err);
+    CHECK(n == 1 && r[0].id == s1);
+    free(r);
+    lq_sample_filter h = {.path_prefix = "/w/x-", .rating = 2, .newest_first = 1};
+    REQUIRE_OK(lq_samples(l, &h, &r, &n, &err), &err);
+    CHECK_EQ_INT(n, 0);     /* both under /w/x- are rated */
+    free(r);
+    h.rating = -1;
+    REQUIRE_OK(lq_samples(l, &h, &r, &n, &err), &err);
+    CHECK(n == 2 && r[0].id == s2);
+    free(r);
+    int good = 0, rated = 0;
+    REQUIRE_OK(lq_sample_acceptance(l, &h, &good, &rated, &err), &err);
+    CHECK(good == 1 && rated == 2);
+    ledger_close(l);
+}
+
+TEST(ledger_query_delete_keeps_files_others_use)
+{
+    ledger *l = fresh_ledger("delete.db");
+    REQUIRE(l);
+    coin_error err = {0};
+    int64_t a = add_run(l, "done"), b = add_run(l, "done"), live = add_run(l, "running");
+    REQUIRE_OK(ledger_insert_checkpoint(l, a, 10, "/r/shared.safetensors", NULL, NULL, &err), &err);
+    REQUIRE_OK(ledger_insert_checkpoint(l, a, 20, "/r/a-20.safetensors", NULL, NULL, &err), &err);
+    REQUIRE_OK(ledger_insert_checkpoint(l, b, 10, "/r/shared.safetensors", NULL, NULL, &err), &err);
+    int64_t sa = add_sample(l, a, "p", 1, "/r/a.png");
+    add_sample(l, b, "p", 1, "/r/b.png");
+    REQUIRE_OK(ledger_rate_sample(l, sa, 1, NULL, &err), &err);
+    char **orphans = NULL;
+    size_t n = 0;
+    CHECK(lq_delete_run(l, live, &orphans, &n, &err) == COIN_EINVAL);
+    CHECK_STR_CONTAINS(err.msg, "running");
+    REQUIRE_OK(lq_delete_run(l, a, &orphans, &n, &err), &err);
+    /* a's own checkpoint and image go; the shared checkpoint stays */
+    CHECK_EQ_INT(n, 2);
+    int own_ck = 0, own_img = 0;
+    for (size_t i = 0; i < n; i++) {
+        own_ck += !strcmp(orphans[i], "/r/a-20.safetensors");
+        own_img += !strcmp(orphans[i], "/r/a.png");
+        CHECK(strcmp(orphans[i], "/r/shared.safetensors") != 0);
+    }
+    CHECK(own_ck == 1 && own_img == 1);
+    lq_free_paths(orphans, n);
+    ledger_run r;
+    CHECK(ledger_get_run(l, a, &r, &err) == COIN_ENOTFOUND);
+    ledger_sample s;
+    CHECK(ledger_get_sample(l, sa, &s, &err) == COIN_ENOTFOUND);
+    lq_checkpoint *ck = NULL;
+    REQUIRE_OK(lq_checkpoints(l, b, &ck, &n, &err), &err);
+    CHECK(n == 1 && !strcmp(ck[0].path, "/r/shared.safetensors"));
+    free(ck);
+    ledger_close(l);
+}
+
+TEST(ledger_query_data_version_sees_other_connections_only)
+{
+    ledger *l = fresh_ledger("version.db");
+    REQUIRE(l);
+    coin_error err = {0};
+    char path[900];
+    snprintf(path, sizeof path, "%s", ledger_path(l));
+    ledger *other = NULL;
+    REQUIRE_OK(ledger_open(&other, path, &err), &err);
+    int64_t v0, v1, v2;
+    REQUIRE_OK(lq_data_version(l, &v0, &err), &err);
+    add_run(l, "done");     /* our own write */
+    REQUIRE_OK(lq_data_version(l, &v1, &err), &err);
+    CHECK(v1 == v0);
+    add_run(other, "done");
+    REQUIRE_OK(lq_data_version(l, &v2, &err), &err);
+    CHECK(v2 != v1);
+    int64_t max_id;
+    int active;
+    REQUIRE_OK(lq_run_counts(l, &max_id, &active, &err), &err);
+    CHECK(max_id == 2 && active == 0);
+    ledger_close(other);
+    ledger_close(l);
 }

@@ -337,10 +337,10 @@ void eval_draw(wb *w)
     double share = s->rated ? (double)s->good / s->rated : NAN;
     draw_title(w, " coin  Evaluate: %zu image%s, %d rated, %d good", s->n_res,
                s->n_res == 1 ? "" : "s", s->rated, s->good);
-    int fw = 60 < w->cols / 2 ? 60 : w->cols / 2;
+    int fw = w->cols - 2 < 110 ? w->cols - 2 : 110;
     form_draw(w, &s->form, 1, 0, 8, fw, s->focus == 0);
     /* acceptance against the bar */
-    int y = 10, bw = fw - 20;
+    int y = 10, bw = 50;
     draw_text(w, y, 0, 14, A_BOLD, "acceptance");
     int fill = s->rated ? (int)lround(share * bw) : 0, bar = (int)lround(ACCEPT_BAR * bw);
     move(y, 14);
