@@ -247,6 +247,9 @@ void draw_image(wb *w, int y, int x, int rows, int cols, const char *path);
  * screen was repainted). */
 void draw_flush_images(wb *w);
 void draw_free_image_cache(void);
+/* The columns a picture rows cells tall takes for a square image: the
+ * terminal's cell size when it said, else cells twice as tall as wide. */
+int wb_cols_for_rows(wb *w, int rows);
 void draw_plot(wb *w, int y, int x, int rows, int cols, const float *xs, const float *raw,
                const float *smooth, size_t n, const float *ox, const float *oy, size_t on,
                int log_y, int window, int mode);
@@ -291,6 +294,9 @@ int sample_action(wb *w, const lq_sample_row *s, wint_t ch);
 void sample_results_draw(wb *w, const lq_sample_row *res, size_t n, int sel, int focused,
                          int grid_rows, int y, int x, int h, int wd);
 int sample_results_key(wb *w, int *sel, size_t n, int grid_rows, int h, int wd, wint_t ch);
+/* The image at screen cell (cy, cx) in such a grid, or -1. */
+int sample_results_hit(wb *w, size_t n, int sel, int grid_rows, int y, int x, int h, int wd,
+                       int cy, int cx);
 /* A random seed in [0, 2^32). */
 uint64_t wb_random_seed(void);
 
@@ -302,6 +308,8 @@ void eval_open(wb *w, int64_t run);
 void eval_reload(wb *w);
 void eval_draw(wb *w);
 int eval_key(wb *w, int is_key, wint_t ch);
+void browse_click(wb *w, int y, int x);
+void eval_click(wb *w, int y, int x);
 void browse_free(wb *w);
 
 #endif

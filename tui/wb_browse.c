@@ -113,10 +113,10 @@ void browse_draw(wb *w)
     /* the preview */
     if (s->sel >= 0 && s->sel < (int)s->n_res) {
         const lq_sample_row *r = &s->res[s->sel];
-        int px = lw + 1, pw = w->cols - px, ph = pw / 2;
-        if (ph > h - 3)
-            ph = h - 3;
-        draw_image(w, 1, px, ph, ph * 2 < pw ? ph * 2 : pw, r->image_path);
+        int px = lw + 1, pw = w->cols - px, ph = h - 3;
+        while (ph > 2 && wb_cols_for_rows(w, ph) > pw)
+            ph--;
+        draw_image(w, 1, px, ph, wb_cols_for_rows(w, ph), r->image_path);
         draw_textf(w, 2 + ph, px, pw, A_NORMAL, "#%lld %d steps cfg %g %s", (long long)r->id,
                    r->steps, r->guidance, r->sampler);
         draw_textf(w, 3 + ph, px, pw, draw_attr(w, CP_DIM, A_NORMAL), "%dx%d  %s", r->width,
@@ -389,4 +389,33 @@ int eval_key(wb *w, int is_key, wint_t ch)
     if (s->sel >= 0 && s->sel < (int)s->n_res && sample_action(w, &s->res[s->sel], ch))
         return 1;
     return 0;
+}
+
+void browse_click(wb *w, int y, int x)
+{
+    wb_browse_state *s = &w->browse;
+    int lw = w->cols * 3 / 5;
+    if (x < lw && y >= 1 && y < 5) {
+        s->focus = 0;
+        s->form.sel = s->form.top + y - 1 < s->form.n ? s->form.top + y - 1 : s->form.sel;
+    } else if (x < lw && y >= 6 && y < w->rows - 2 && s->top + y - 6 < (int)s->n_res) {
+        s->focus = 1;
+        s->sel = s->top + y - 6;
+    }
+}
+
+void eval_click(wb *w, int y, int x)
+{
+    wb_eval_state *s = &w->eval;
+    if (y >= 1 && y < 9) {
+        s->focus = 0;
+        s->form.sel = y - 1;
+        return;
+    }
+    int i = sample_results_hit(w, s->n_res, s->sel, atoi(form_get(&s->form, "grid")->value), 13,
+                               0, w->rows - 15, w->cols, y, x);
+    if (i >= 0) {
+        s->sel = i;
+        s->focus = 1;
+    }
 }

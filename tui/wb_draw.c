@@ -285,6 +285,13 @@ static img_cache_entry *rendered(wb *w, const wb_placement *p)
     return slot;
 }
 
+int wb_cols_for_rows(wb *w, int rows)
+{
+    if (w->caps.cell_w > 0 && w->caps.cell_h > 0)
+        return (rows * w->caps.cell_h + w->caps.cell_w / 2) / w->caps.cell_w;
+    return rows * 2;
+}
+
 void draw_image(wb *w, int y, int x, int rows, int cols, const char *path)
 {
     if (rows < 1 || cols < 1 || y + rows > w->rows - 2 || x + cols > w->cols)

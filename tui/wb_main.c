@@ -201,6 +201,10 @@ static const char HELP[] =
     "  Ctrl-G  F5   start the job            Ctrl-T insert the trigger word (prompts)\n"
     "  Ctrl-R       a new random seed\n"
     "\n"
+    "Browse: Tab moves between the filter and the list; the list follows the filter\n"
+    "Evaluate: Ctrl-G queues every subject x count from the run's checkpoint;\n"
+    "  rate as images arrive: the acceptance is drawn against the 75% bar\n"
+    "\n"
     "Images (sample, browse, evaluate screens; Tab moves to the results)\n"
     "  arrows  choose an image               y / n  rate it good / bad\n"
     "  r   regenerate it and compare: identical or different\n"
@@ -348,6 +352,10 @@ static void handle_mouse(wb *w)
         run_click(w, ev.y, ev.x);
     else if (w->screen == SCR_SAMPLE)
         sample_click(w, ev.y, ev.x);
+    else if (w->screen == SCR_BROWSE)
+        browse_click(w, ev.y, ev.x);
+    else if (w->screen == SCR_EVAL)
+        eval_click(w, ev.y, ev.x);
 }
 
 static void handle_key(wb *w, int is_key, wint_t ch)

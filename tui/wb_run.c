@@ -282,7 +282,7 @@ void run_draw(wb *w)
     if (s->ck_sel >= 0 && s->ck_sel < (int)s->n_ck) {
         char paths[8][1100];
         int np = preview_paths(&s->ck[s->ck_sel], paths, 8);
-        int ix = left + 1, iw = (ch - 1) * 2;      /* cells are about twice as tall as wide */
+        int ix = left + 1, iw = wb_cols_for_rows(w, ch - 1);
         draw_textf(w, cy, left + 1, w->cols - left - 1, A_BOLD, "Previews at step %d%s",
                    s->ck[s->ck_sel].step, np ? "" : ": none (previews 0, or not written yet)");
         for (int k = 0; k < np && ix + iw <= w->cols; k++) {

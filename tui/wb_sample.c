@@ -137,7 +137,7 @@ static void layout(wb *w, int n, int sel, int grid_rows, int y, int x, int h, in
     g->th = h / g->rows - 1;        /* a label row above each picture */
     if (g->th < 2)
         g->th = 2;
-    g->tw = g->th * 2;              /* cells are about twice as tall as wide */
+    g->tw = wb_cols_for_rows(w, g->th);
     if (g->tw > wd / want - 1) {
         g->tw = wd / want - 1;
         g->th = g->tw / 2;
@@ -151,7 +151,6 @@ static void layout(wb *w, int n, int sel, int grid_rows, int y, int x, int h, in
         g->per_row = 1;
     int page = g->rows * g->per_row;
     g->first = sel / page * page;
-    (void)w;
 }
 
 static void grid_cell(const grid *g, int i, int *ty, int *tx)
@@ -445,6 +444,20 @@ int sample_key(wb *w, int is_key, wint_t ch)
     return 0;
 }
 
+int sample_results_hit(wb *w, size_t n, int sel, int grid_rows, int y, int x, int h, int wd,
+                       int cy, int cx)
+{
+    grid g;
+    layout(w, (int)n, sel, grid_rows, y, x, h, wd, &g);
+    for (int i = g.first; i < (int)n && i < g.first + g.rows * g.per_row; i++) {
+        int ty, tx;
+        grid_cell(&g, i, &ty, &tx);
+        if (cy >= ty && cy <= ty + g.th && cx >= tx && cx < tx + g.tw)
+            return i;
+    }
+    return -1;
+}
+
 void sample_click(wb *w, int y, int x)
 {
     wb_sample_state *s = &w->sample;
@@ -456,16 +469,11 @@ void sample_click(wb *w, int y, int x)
         }
         return;
     }
-    grid g;
-    layout(w, (int)s->n_res, s->sel, atoi(form_get(&s->form, "grid")->value), 2, 47,
-           w->rows - 5, w->cols - 47, &g);
-    for (int i = g.first; i < (int)s->n_res && i < g.first + g.rows * g.per_row; i++) {
-        int ty, tx;
-        grid_cell(&g, i, &ty, &tx);
-        if (y >= ty && y <= ty + g.th && x >= tx && x < tx + g.tw) {
-            s->sel = i;
-            s->focus = 1;
-        }
+    int i = sample_results_hit(w, s->n_res, s->sel, atoi(form_get(&s->form, "grid")->value), 2,
+                               47, w->rows - 5, w->cols - 47, y, x);
+    if (i >= 0) {
+        s->sel = i;
+        s->focus = 1;
     }
 }
 
