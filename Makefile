@@ -109,7 +109,7 @@ bin/coin_tests: $(TEST_OBJ) $(TUI_LIB_OBJ) $(DB_OBJ) $(BUILD)/libcoin.a
 
 # The fuzz target: libFuzzer (clang) over the safetensors reader.  UBSan is
 # made fatal, or undefined behaviour would only be printed and pass.
-FUZZ_CORE := core/safetensors.c core/error.c
+FUZZ_CORE := core/safetensors.c core/fileio.c core/error.c
 bin/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c $(FUZZ_CORE) core/safetensors.h | $(DEPS_STAMP)
 	@mkdir -p bin
 	clang -std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -I. -fsanitize=fuzzer,address,undefined \
@@ -117,7 +117,7 @@ bin/fuzz_safetensors: tests/fuzz/fuzz_safetensors.c $(FUZZ_CORE) core/safetensor
 
 # The .pt reader's target.  COIN_FUZZING skips only the zip CRC comparison,
 # which no fuzzer could get past.
-FUZZ_PT_CORE := core/pickle_pt.c core/safetensors.c core/error.c
+FUZZ_PT_CORE := core/pickle_pt.c core/safetensors.c core/fileio.c core/error.c
 bin/fuzz_pickle_pt: tests/fuzz/fuzz_pickle_pt.c $(FUZZ_PT_CORE) core/pickle_pt.h | $(DEPS_STAMP)
 	@mkdir -p bin
 	clang -std=c11 -D_GNU_SOURCE -DCOIN_FUZZING -g -O1 -Wall -Wextra -I. -fsanitize=fuzzer,address,undefined \

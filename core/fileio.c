@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <stdatomic.h>
 
 int file_read_all(const char *path, size_t max, char **out, size_t *len,
                   coin_error *err)
@@ -103,4 +104,32 @@ const char *path_ext(const char *path)
     base = base ? base + 1 : path;
     const char *dot = strrchr(base, '.');
     return dot && dot != base ? dot + 1 : "";
+}
+
+int fileio_test_enospc(size_t n)
+{
+    /* -2: not read yet, -1: no budget (the variable is unset). */
+    static _Atomic long long budget = -2;
+    long long b = atomic_load(&budget);
+    if (b == -2) {
+        const char *v = getenv("COIN_TEST_ENOSPC_AFTER_BYTES");
+        char *end;
+        long long parsed = v && *v ? strtoll(v, &end, 10) : -1;
+        if (!v || !*v || *end || parsed < 0)
+            parsed = -1;
+        long long expected = -2;
+        atomic_compare_exchange_strong(&budget, &expected, parsed);
+        b = atomic_load(&budget);
+    }
+    if (b < 0)
+        return 0;
+    for (;;) {
+        if ((unsigned long long)b < n) {
+            atomic_store(&budget, 0);
+            errno = ENOSPC;
+            return 1;
+        }
+        if (atomic_compare_exchange_weak(&budget, &b, b - (long long)n))
+            return 0;
+    }
 }

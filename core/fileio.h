@@ -33,4 +33,13 @@ void path_stem(const char *path, char *buf, size_t len);
 /* The extension of path's last component, without the dot ("" if none). */
 const char *path_ext(const char *path);
 
+/* A test hook for the full-disk handling: when the environment variable
+ * COIN_TEST_ENOSPC_AFTER_BYTES is N, coin's file writers (safetensors
+ * files, PNGs, the training loss.csv) may write N bytes in this process in
+ * all, and every write after that fails as on a full disk.  Writers call
+ * this before writing n bytes: it returns 1, with errno set to ENOSPC, when
+ * the write must fail; without the variable it always returns 0.  Not for
+ * users: tests set it on the processes they start. */
+int fileio_test_enospc(size_t n);
+
 #endif

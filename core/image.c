@@ -689,7 +689,7 @@ typedef struct png_out {
 static void png_write_cb(png_structp png, png_bytep d, size_t n)
 {
     png_out *o = png_get_io_ptr(png);
-    if (fwrite(d, 1, n, o->f) != n) {
+    if (fileio_test_enospc(n) || fwrite(d, 1, n, o->f) != n) {
         o->write_errno = errno ? errno : EIO;
         png_error(png, "write failed");
     }

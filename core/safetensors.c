@@ -21,6 +21,7 @@
  * deny_unknown_fields), but they must still be valid JSON.
  */
 #include "safetensors.h"
+#include "fileio.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -1187,6 +1188,8 @@ static char *header_json(st_writer *w, wtensor **order, size_t *len)
 
 static int write_all(int fd, const void *p, uint64_t len)
 {
+    if (fileio_test_enospc((size_t)len))
+        return -1;
     for (const char *c = p; len;) {
         ssize_t k = write(fd, c, len < (1u << 30) ? (size_t)len : (1u << 30));
         if (k < 0 && errno == EINTR)

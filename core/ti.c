@@ -915,9 +915,15 @@ static int trim_loss_csv(const char *path, int step, coin_error *err)
         free(text);
         return coin_fail(err, COIN_EIO, "%s: %s", tmp, strerror(errno));
     }
-    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"))
-        if (!isdigit((unsigned char)line[0]) || atoi(line) <= step)
+    /* A line cut short by a crash or a full disk (not "step,loss,lr") goes
+     * with the steps after the checkpoint. */
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        const char *comma = strchr(line, ',');
+        int whole = comma && strchr(comma + 1, ',') && comma[1] && strrchr(line, ',')[1];
+        if (!isdigit((unsigned char)line[0]) ? !strncmp(line, "step,", 5)
+                                             : whole && atoi(line) <= step)
             fprintf(f, "%s\n", line);
+    }
     int bad = fflush(f) || fsync(fileno(f));
     fclose(f);
     free(text);
@@ -965,8 +971,16 @@ static int run(trainer *t, ti_report_fn report, void *ctx, ti_result *res, coin_
         t->bad_in_a_row = 0;
         t->step++;
         t->smooth = t->step == 1 ? (float)loss : 0.98f * t->smooth + 0.02f * (float)loss;
-        fprintf(csv, "%d,%.9g,%.9g\n", t->step, loss, lr);
-        fflush(csv);
+        /* A line that cannot be written (a full disk) ends the run here:
+         * the last checkpoint stays the one to resume from. */
+        char line[96];
+        int len = snprintf(line, sizeof line, "%d,%.9g,%.9g\n", t->step, loss, lr);
+        if (fileio_test_enospc((size_t)len) || fputs(line, csv) == EOF || fflush(csv) != 0) {
+            int e = errno;
+            rc = coin_fail(err, COIN_EIO, "%s: cannot write: %s%s", csv_path,
+                           e == ENOSPC || e == EDQUOT ? "the disk is full: " : "", strerror(e));
+            break;
+        }
         int stop = 0;
         if (report) {
             ti_report r = {.step = t->step, .total = c->steps, .loss = (float)loss,
@@ -981,10 +995,31 @@ static int run(trainer *t, ti_report_fn report, void *ctx, ti_result *res, coin_
         }
     }
     res->steps_done = t->step;
+    if (rc)
+        clearerr(csv);      /* what could not be written is dropped with the run's tail */
     if (fsync(fileno(csv)) && !rc)
         rc = coin_fail(err, COIN_EIO, "%s: %s", csv_path, strerror(errno));
     fclose(csv);
     return rc;
+}
+
+/* Removes what writers killed mid-write left behind in dir: NAME.tmp.PID
+ * files (every file is written under such a name, then renamed).  Called
+ * with the folder's lock held, when no other trainer can be writing. */
+static void sweep_temp_files(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    char path[2400];
+    while ((e = readdir(d)))
+        if (strstr(e->d_name, ".tmp.") || (strlen(e->d_name) > 4 &&
+                                           !strcmp(e->d_name + strlen(e->d_name) - 4, ".tmp"))) {
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+            unlink(path);
+        }
+    closedir(d);
 }
 
 /* Takes the folder's lock (a flock on DIR/train.lock, released when the
@@ -1001,8 +1036,13 @@ static int lock_folder(const char *dir, int wait_s, int *fd, coin_error *err)
     if (*fd < 0)
         return coin_fail(err, COIN_EIO, "cannot write in %s: %s", dir, strerror(errno));
     for (int i = 0; i <= wait_s * 10; i++) {
-        if (flock(*fd, LOCK_EX | LOCK_NB) == 0)
+        if (flock(*fd, LOCK_EX | LOCK_NB) == 0) {
+            char previews[1300];
+            sweep_temp_files(dir);
+            snprintf(previews, sizeof previews, "%s/previews", dir);
+            sweep_temp_files(previews);
             return 0;
+        }
         if (errno != EWOULDBLOCK)
             break;
         if (i < wait_s * 10)

@@ -110,6 +110,25 @@ static const char *const migrations[LEDGER_SCHEMA_VERSION] = {
     "  rated_at INTEGER NOT NULL);",
     /* 1 -> 2: the process that runs a run, to tell a crash from a live job. */
     "ALTER TABLE runs ADD COLUMN pid INTEGER NOT NULL DEFAULT 0;",
+    /* 2 -> 3: the job queue.  A job is the command line that makes a run,
+     * kept so that a worker started later (or again, after a crash) can run
+     * it; its state is the run's status.  out_dir finds the run that a
+     * training folder belongs to, so a resumed run continues its own row. */
+    "CREATE TABLE jobs("
+    "  run INTEGER PRIMARY KEY REFERENCES runs(id) ON DELETE CASCADE,"
+    "  argv_json TEXT NOT NULL CHECK(json_valid(argv_json)),"
+    "  cwd TEXT NOT NULL,"
+    "  device TEXT NOT NULL DEFAULT 'cpu',"
+    "  queued_at INTEGER NOT NULL,"
+    "  attempts INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX jobs_device ON jobs(device, queued_at);"
+    "ALTER TABLE runs ADD COLUMN out_dir TEXT;"
+    "CREATE INDEX runs_out_dir ON runs(out_dir);"
+    /* A sampling run's step is the number of images it has recorded. */
+    "CREATE TRIGGER samples_step AFTER INSERT ON samples "
+    "WHEN NEW.run IS NOT NULL BEGIN "
+    "  UPDATE runs SET step_reached = (SELECT COUNT(*) FROM samples WHERE run = NEW.run) "
+    "  WHERE id = NEW.run AND kind = 'sample'; END;",
 };
 
 static const char *const run_statuses[] = {
@@ -477,8 +496,8 @@ int ledger_insert_run(ledger *l, const ledger_run *r, int64_t *id, coin_error *e
     int rc = prepare(l,
                      "INSERT INTO runs(kind, config_json, trigger, initializer, model_id, "
                      "images_dir, image_hashes_json, backend, precision, threads, coin_version, "
-                     "host, status, steps_planned, created_at) "
-                     "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
+                     "host, status, steps_planned, created_at, out_dir) "
+                     "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
                      &st, "recording a run", err);
     if (rc)
         return rc;
@@ -497,6 +516,7 @@ int ledger_insert_run(ledger *l, const ledger_run *r, int64_t *id, coin_error *e
     bind_text(st, 13, r->status ? r->status : "queued");
     sqlite3_bind_int(st, 14, r->steps_planned);
     sqlite3_bind_int64(st, 15, now_s());
+    bind_text(st, 16, r->out_dir);
     int64_t got = 0;
     rc = run_write(l, st, &got, NULL, "recording a run", err);
     if (!rc && id)
@@ -511,7 +531,7 @@ void ledger_run_free(ledger_run *r)
     const char *owned[] = {r->kind,          r->config_json, r->trigger,      r->initializer,
                            r->model_path,    r->images_dir,  r->image_hashes_json,
                            r->backend,       r->precision,   r->coin_version, r->host,
-                           r->status,        r->error};
+                           r->status,        r->error,       r->out_dir};
     for (size_t i = 0; i < sizeof owned / sizeof *owned; i++)
         free((char *)owned[i]);
     memset(r, 0, sizeof *r);
@@ -525,7 +545,8 @@ int ledger_get_run(ledger *l, int64_t id, ledger_run *out, coin_error *err)
                      "SELECT r.id, r.kind, r.config_json, r.trigger, r.initializer, r.model_id, "
                      "m.path, r.images_dir, r.image_hashes_json, r.backend, r.precision, "
                      "r.threads, r.coin_version, r.host, r.status, r.steps_planned, "
-                     "r.step_reached, r.created_at, r.started_at, r.ended_at, r.error "
+                     "r.step_reached, r.created_at, r.started_at, r.ended_at, r.error, "
+                     "r.out_dir, r.pid "
                      "FROM runs r LEFT JOIN models m ON m.id = r.model_id WHERE r.id = ?",
                      &st, "reading a run", err);
     if (rc)
@@ -554,6 +575,8 @@ int ledger_get_run(ledger *l, int64_t id, ledger_run *out, coin_error *err)
         out->started_at = sqlite3_column_int64(st, 18);
         out->ended_at = sqlite3_column_int64(st, 19);
         out->error = col_dup(st, 20);
+        out->out_dir = col_dup(st, 21);
+        out->pid = sqlite3_column_int64(st, 22);
         rc = 0;
     } else if (s == SQLITE_DONE) {
         rc = coin_fail(err, COIN_ENOTFOUND, "ledger %s has no run %lld", l->path, (long long)id);
@@ -851,39 +874,45 @@ void ledger_sample_free(ledger_sample *s)
     memset(s, 0, sizeof *s);
 }
 
+#define SAMPLE_SQL                                                                    \
+    "SELECT id, run, checkpoint, prompt, negative, seed, steps, guidance, "           \
+    "sampler, schedule, width, height, rng, model_sha256, embeddings_json, "          \
+    "image_path, image_sha256, created_at FROM samples "
+
+static void read_sample(sqlite3_stmt *st, ledger_sample *out)
+{
+    out->id = sqlite3_column_int64(st, 0);
+    out->run = sqlite3_column_int64(st, 1);
+    out->checkpoint = sqlite3_column_int64(st, 2);
+    out->prompt = col_dup(st, 3);
+    out->negative = col_dup(st, 4);
+    const unsigned char *seed = sqlite3_column_text(st, 5);
+    out->seed = seed ? strtoull((const char *)seed, NULL, 10) : 0;
+    out->steps = sqlite3_column_int(st, 6);
+    out->guidance = sqlite3_column_double(st, 7);
+    out->sampler = col_dup(st, 8);
+    out->schedule = col_dup(st, 9);
+    out->width = sqlite3_column_int(st, 10);
+    out->height = sqlite3_column_int(st, 11);
+    out->rng = col_dup(st, 12);
+    out->model_sha256 = col_dup(st, 13);
+    out->embeddings_json = col_dup(st, 14);
+    out->image_path = col_dup(st, 15);
+    out->image_sha256 = col_dup(st, 16);
+    out->created_at = sqlite3_column_int64(st, 17);
+}
+
 int ledger_get_sample(ledger *l, int64_t id, ledger_sample *out, coin_error *err)
 {
     memset(out, 0, sizeof *out);
     sqlite3_stmt *st;
-    int rc = prepare(l,
-                     "SELECT id, run, checkpoint, prompt, negative, seed, steps, guidance, "
-                     "sampler, schedule, width, height, rng, model_sha256, embeddings_json, "
-                     "image_path, image_sha256, created_at FROM samples WHERE id = ?",
-                     &st, "reading a sample", err);
+    int rc = prepare(l, SAMPLE_SQL "WHERE id = ?", &st, "reading a sample", err);
     if (rc)
         return rc;
     sqlite3_bind_int64(st, 1, id);
     int s = sqlite3_step(st);
     if (s == SQLITE_ROW) {
-        out->id = sqlite3_column_int64(st, 0);
-        out->run = sqlite3_column_int64(st, 1);
-        out->checkpoint = sqlite3_column_int64(st, 2);
-        out->prompt = col_dup(st, 3);
-        out->negative = col_dup(st, 4);
-        const unsigned char *seed = sqlite3_column_text(st, 5);
-        out->seed = seed ? strtoull((const char *)seed, NULL, 10) : 0;
-        out->steps = sqlite3_column_int(st, 6);
-        out->guidance = sqlite3_column_double(st, 7);
-        out->sampler = col_dup(st, 8);
-        out->schedule = col_dup(st, 9);
-        out->width = sqlite3_column_int(st, 10);
-        out->height = sqlite3_column_int(st, 11);
-        out->rng = col_dup(st, 12);
-        out->model_sha256 = col_dup(st, 13);
-        out->embeddings_json = col_dup(st, 14);
-        out->image_path = col_dup(st, 15);
-        out->image_sha256 = col_dup(st, 16);
-        out->created_at = sqlite3_column_int64(st, 17);
+        read_sample(st, out);
         rc = 0;
     } else if (s == SQLITE_DONE) {
         rc = coin_fail(err, COIN_ENOTFOUND, "ledger %s has no sample %lld", l->path,
@@ -891,6 +920,32 @@ int ledger_get_sample(ledger *l, int64_t id, ledger_sample *out, coin_error *err
     } else {
         rc = db_fail(l, err, s, "reading a sample");
     }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int ledger_list_samples(ledger *l, int64_t run, int64_t after, ledger_sample_fn fn, void *ctx,
+                        coin_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(l, SAMPLE_SQL "WHERE run = ? AND id > ? ORDER BY id", &st,
+                     "listing a run's samples", err);
+    if (rc)
+        return rc;
+    sqlite3_bind_int64(st, 1, run);
+    sqlite3_bind_int64(st, 2, after);
+    int s;
+    while ((s = sqlite3_step(st)) == SQLITE_ROW) {
+        ledger_sample one;
+        memset(&one, 0, sizeof one);
+        read_sample(st, &one);
+        rc = fn(ctx, &one);
+        ledger_sample_free(&one);
+        if (rc)
+            break;
+    }
+    if (!rc && s != SQLITE_DONE)
+        rc = db_fail(l, err, s, "listing a run's samples");
     sqlite3_finalize(st);
     return rc;
 }
@@ -1002,4 +1057,368 @@ int ledger_list_runs(ledger *l, ledger_run_fn fn, void *ctx, coin_error *err)
         rc = db_fail(l, err, s, "listing runs");
     sqlite3_finalize(st);
     return rc;
+}
+
+/* ---- resuming, checkpoints of a run, models by hash -------------------- */
+
+int ledger_update_run(ledger *l, int64_t run, const ledger_run *r, coin_error *err)
+{
+    sqlite3_stmt *st;
+    /* NULL (or 0) keeps what is there: the caller names what it knows. */
+    int rc = prepare(l,
+                     "UPDATE runs SET config_json = COALESCE(?1, config_json), "
+                     "trigger = COALESCE(?2, trigger), initializer = COALESCE(?3, initializer), "
+                     "model_id = COALESCE(?4, model_id), images_dir = COALESCE(?5, images_dir), "
+                     "image_hashes_json = COALESCE(?6, image_hashes_json), "
+                     "backend = COALESCE(?7, backend), precision = COALESCE(?8, precision), "
+                     "threads = CASE WHEN ?9 > 0 THEN ?9 ELSE threads END, "
+                     "coin_version = COALESCE(?10, coin_version), host = COALESCE(?11, host), "
+                     "steps_planned = CASE WHEN ?12 > 0 THEN ?12 ELSE steps_planned END, "
+                     "out_dir = COALESCE(?13, out_dir) WHERE id = ?14",
+                     &st, "updating a run", err);
+    if (rc)
+        return rc;
+    bind_text(st, 1, r->config_json);
+    bind_text(st, 2, r->trigger);
+    bind_text(st, 3, r->initializer);
+    bind_id(st, 4, r->model_id);
+    bind_text(st, 5, r->images_dir);
+    bind_text(st, 6, r->image_hashes_json);
+    bind_text(st, 7, r->backend);
+    bind_text(st, 8, r->precision);
+    sqlite3_bind_int(st, 9, r->threads);
+    bind_text(st, 10, r->coin_version);
+    bind_text(st, 11, r->host);
+    sqlite3_bind_int(st, 12, r->steps_planned);
+    bind_text(st, 13, r->out_dir);
+    sqlite3_bind_int64(st, 14, run);
+    int changed = 0;
+    rc = run_write(l, st, NULL, &changed, "updating a run", err);
+    if (!rc && !changed)
+        rc = coin_fail(err, COIN_ENOTFOUND, "ledger %s has no run %lld", l->path,
+                       (long long)run);
+    return rc;
+}
+
+int ledger_find_run_by_dir(ledger *l, const char *out_dir, int64_t *run, coin_error *err)
+{
+    *run = 0;
+    sqlite3_stmt *st;
+    int rc = prepare(l, "SELECT id FROM runs WHERE kind = 'train' AND out_dir = ? "
+                     "ORDER BY id DESC LIMIT 1", &st, "looking up a training folder", err);
+    if (rc)
+        return rc;
+    bind_text(st, 1, out_dir);
+    int s = sqlite3_step(st);
+    if (s == SQLITE_ROW)
+        *run = sqlite3_column_int64(st, 0);
+    else if (s != SQLITE_DONE)
+        rc = db_fail(l, err, s, "looking up a training folder");
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int ledger_resume_run(ledger *l, int64_t run, int from_step, coin_error *err)
+{
+    const char *what = "resuming a run";
+    static const char *const sql[] = {
+        "DELETE FROM losses WHERE run = ?1 AND step > ?2",
+        "DELETE FROM checkpoints WHERE run = ?1 AND step > ?2",
+        "UPDATE runs SET step_reached = ?2, status = 'running', pid = ?3, error = NULL, "
+        "ended_at = NULL, started_at = COALESCE(started_at, ?4) WHERE id = ?1",
+    };
+    int rc = begin(l, what, err);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < sizeof sql / sizeof *sql && !rc; i++) {
+        sqlite3_stmt *st;
+        if ((rc = prepare(l, sql[i], &st, what, err)))
+            break;
+        sqlite3_bind_int64(st, 1, run);
+        sqlite3_bind_int(st, 2, from_step);
+        if (i == 2) {
+            sqlite3_bind_int64(st, 3, (int64_t)getpid());
+            sqlite3_bind_int64(st, 4, now_s());
+        }
+        int s = sqlite3_step(st);
+        if (s != SQLITE_DONE)
+            rc = db_fail(l, err, s, what);
+        else if (i == 2 && sqlite3_changes(l->db) == 0)
+            rc = coin_fail(err, COIN_ENOTFOUND, "ledger %s has no run %lld", l->path,
+                           (long long)run);
+        sqlite3_finalize(st);
+    }
+    if (rc) {
+        rollback(l);
+        return rc;
+    }
+    return commit(l, what, err);
+}
+
+int ledger_list_checkpoints(ledger *l, int64_t run, ledger_checkpoint **out, size_t *n,
+                            coin_error *err)
+{
+    *out = NULL;
+    *n = 0;
+    sqlite3_stmt *st;
+    int rc = prepare(l, "SELECT id, step, path, sha256 FROM checkpoints WHERE run = ? "
+                     "ORDER BY step", &st, "listing a run's checkpoints", err);
+    if (rc)
+        return rc;
+    sqlite3_bind_int64(st, 1, run);
+    ledger_checkpoint *list = NULL;
+    size_t count = 0, cap = 0;
+    int s;
+    while ((s = sqlite3_step(st)) == SQLITE_ROW) {
+        if (count == cap) {
+            cap = cap ? cap * 2 : 16;
+            ledger_checkpoint *grown = realloc(list, cap * sizeof *list);
+            if (!grown) {
+                rc = coin_fail(err, COIN_ENOMEM, "out of memory listing checkpoints");
+                break;
+            }
+            list = grown;
+        }
+        ledger_checkpoint *c = &list[count++];
+        c->id = sqlite3_column_int64(st, 0);
+        c->step = sqlite3_column_int(st, 1);
+        c->path = col_dup(st, 2);
+        c->sha256 = col_dup(st, 3);
+    }
+    if (!rc && s != SQLITE_DONE)
+        rc = db_fail(l, err, s, "listing a run's checkpoints");
+    sqlite3_finalize(st);
+    if (rc) {
+        ledger_checkpoints_free(list, count);
+        return rc;
+    }
+    *out = list;
+    *n = count;
+    return 0;
+}
+
+void ledger_checkpoints_free(ledger_checkpoint *c, size_t n)
+{
+    for (size_t i = 0; c && i < n; i++) {
+        free(c[i].path);
+        free(c[i].sha256);
+    }
+    free(c);
+}
+
+int ledger_find_model(ledger *l, const char *sha_prefix, char **path, coin_error *err)
+{
+    *path = NULL;
+    size_t n = strlen(sha_prefix);
+    if (n < 8 || n > 64 || sha_prefix[strspn(sha_prefix, "0123456789abcdefABCDEF")])
+        return coin_fail(err, COIN_EINVAL, "'%s' is not a model hash (8 to 64 hex digits)",
+                         sha_prefix);
+    sqlite3_stmt *st;
+    int rc = prepare(l, "SELECT path FROM models WHERE substr(sha256, 1, ?1) = lower(?2) "
+                     "ORDER BY added_at DESC LIMIT 1", &st, "looking up a model", err);
+    if (rc)
+        return rc;
+    sqlite3_bind_int(st, 1, (int)n);
+    bind_text(st, 2, sha_prefix);
+    int s = sqlite3_step(st);
+    if (s == SQLITE_ROW)
+        *path = col_dup(st, 0);
+    else if (s == SQLITE_DONE)
+        rc = coin_fail(err, COIN_ENOTFOUND, "no model with hash %s is in the ledger %s; give "
+                       "it with --model", sha_prefix, l->path);
+    else
+        rc = db_fail(l, err, s, "looking up a model");
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* ---- the job queue ----------------------------------------------------- */
+
+int ledger_enqueue_job(ledger *l, int64_t run, const char *argv_json, const char *cwd,
+                       const char *device, coin_error *err)
+{
+    const char *what = "queueing a job";
+    if (!argv_json || !cwd || !device)
+        return coin_fail(err, COIN_EINVAL, "ledger %s: a job needs its arguments, folder and "
+                         "device", l->path);
+    int rc = begin(l, what, err);
+    if (rc)
+        return rc;
+    sqlite3_stmt *st;
+    rc = prepare(l, "INSERT INTO jobs(run, argv_json, cwd, device, queued_at) "
+                 "VALUES(?1,?2,?3,?4,?5) ON CONFLICT(run) DO UPDATE SET "
+                 "argv_json = excluded.argv_json, cwd = excluded.cwd, "
+                 "device = excluded.device, queued_at = excluded.queued_at", &st, what, err);
+    if (!rc) {
+        sqlite3_bind_int64(st, 1, run);
+        bind_text(st, 2, argv_json);
+        bind_text(st, 3, cwd);
+        bind_text(st, 4, device);
+        sqlite3_bind_int64(st, 5, now_s());
+        int s = sqlite3_step(st);
+        if (s != SQLITE_DONE)
+            rc = db_fail(l, err, s, what);
+        sqlite3_finalize(st);
+    }
+    if (!rc)
+        rc = prepare(l, "UPDATE runs SET status = 'queued', error = NULL, ended_at = NULL "
+                     "WHERE id = ?", &st, what, err);
+    if (!rc) {
+        sqlite3_bind_int64(st, 1, run);
+        int s = sqlite3_step(st);
+        if (s != SQLITE_DONE)
+            rc = db_fail(l, err, s, what);
+        sqlite3_finalize(st);
+    }
+    if (rc) {
+        rollback(l);
+        return rc;
+    }
+    return commit(l, what, err);
+}
+
+static int read_job(ledger *l, const char *sql, int64_t key_id, const char *key_text,
+                    ledger_job *out, coin_error *err)
+{
+    memset(out, 0, sizeof *out);
+    sqlite3_stmt *st;
+    int rc = prepare(l, sql, &st, "reading a job", err);
+    if (rc)
+        return rc;
+    if (key_text)
+        bind_text(st, 1, key_text);
+    else
+        sqlite3_bind_int64(st, 1, key_id);
+    int s = sqlite3_step(st);
+    if (s == SQLITE_ROW) {
+        out->run = sqlite3_column_int64(st, 0);
+        out->argv_json = col_dup(st, 1);
+        out->cwd = col_dup(st, 2);
+        out->device = col_dup(st, 3);
+        out->attempts = sqlite3_column_int(st, 4);
+        if (!out->argv_json || !out->cwd || !out->device) {
+            ledger_job_free(out);
+            rc = coin_fail(err, COIN_ENOMEM, "out of memory reading a job");
+        }
+    } else if (s != SQLITE_DONE) {
+        rc = db_fail(l, err, s, "reading a job");
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int ledger_get_job(ledger *l, int64_t run, ledger_job *out, coin_error *err)
+{
+    int rc = read_job(l, "SELECT run, argv_json, cwd, device, attempts FROM jobs WHERE run = ?",
+                      run, NULL, out, err);
+    if (!rc && !out->run)
+        rc = coin_fail(err, COIN_ENOTFOUND, "run %lld has no job in ledger %s (it was not "
+                       "started through the queue)", (long long)run, l->path);
+    return rc;
+}
+
+int ledger_claim_job(ledger *l, const char *device, ledger_job *out, coin_error *err)
+{
+    const char *what = "taking a job from the queue";
+    memset(out, 0, sizeof *out);
+    /* Under the write lock, so that two workers never take the same job. */
+    int rc = begin(l, what, err);
+    if (rc)
+        return rc;
+    rc = read_job(l, "SELECT j.run, j.argv_json, j.cwd, j.device, j.attempts FROM jobs j "
+                  "JOIN runs r ON r.id = j.run WHERE r.status = 'queued' AND j.device = ? "
+                  "ORDER BY j.queued_at, j.run LIMIT 1", 0, device, out, err);
+    if (!rc && out->run) {
+        sqlite3_stmt *st;
+        rc = prepare(l, "UPDATE runs SET status = 'running', pid = ?2, ended_at = NULL, "
+                     "error = NULL, started_at = COALESCE(started_at, ?3) WHERE id = ?1; ",
+                     &st, what, err);
+        if (!rc) {
+            sqlite3_bind_int64(st, 1, out->run);
+            sqlite3_bind_int64(st, 2, (int64_t)getpid());
+            sqlite3_bind_int64(st, 3, now_s());
+            int s = sqlite3_step(st);
+            if (s != SQLITE_DONE)
+                rc = db_fail(l, err, s, what);
+            sqlite3_finalize(st);
+        }
+        if (!rc)
+            rc = prepare(l, "UPDATE jobs SET attempts = attempts + 1 WHERE run = ?", &st, what,
+                         err);
+        if (!rc) {
+            sqlite3_bind_int64(st, 1, out->run);
+            int s = sqlite3_step(st);
+            if (s != SQLITE_DONE)
+                rc = db_fail(l, err, s, what);
+            sqlite3_finalize(st);
+        }
+    }
+    if (rc) {
+        ledger_job_free(out);
+        rollback(l);
+        return rc;
+    }
+    rc = commit(l, what, err);
+    if (rc)
+        ledger_job_free(out);
+    return rc;
+}
+
+void ledger_job_free(ledger_job *j)
+{
+    if (!j)
+        return;
+    free(j->argv_json);
+    free(j->cwd);
+    free(j->device);
+    memset(j, 0, sizeof *j);
+}
+
+int ledger_count_queued(ledger *l, const char *device, int *n, coin_error *err)
+{
+    *n = 0;
+    sqlite3_stmt *st;
+    int rc = prepare(l, "SELECT COUNT(*) FROM jobs j JOIN runs r ON r.id = j.run "
+                     "WHERE r.status = 'queued' AND (?1 IS NULL OR j.device = ?1)", &st,
+                     "counting queued jobs", err);
+    if (rc)
+        return rc;
+    bind_text(st, 1, device);
+    int s = sqlite3_step(st);
+    if (s == SQLITE_ROW)
+        *n = sqlite3_column_int(st, 0);
+    else
+        rc = db_fail(l, err, s, "counting queued jobs");
+    sqlite3_finalize(st);
+    return rc;
+}
+
+sqlite3 *ledger_sqlite(ledger *l)
+{
+    return l->db;
+}
+
+int ledger_finish_run(ledger *l, int64_t run, const char *status, const char *error_text,
+                      int *changed, coin_error *err)
+{
+    if (changed)
+        *changed = 0;
+    if (!status || !valid_status(status))
+        return coin_fail(err, COIN_EINVAL, "ledger %s: unknown run status '%s'", l->path,
+                         status ? status : "(none)");
+    sqlite3_stmt *st;
+    int rc = prepare(l,
+                     "UPDATE runs SET status = ?1, error = ?2, "
+                     "ended_at = CASE WHEN ?1 IN ('stopped','done','failed','interrupted') "
+                     "THEN ?3 ELSE NULL END WHERE id = ?4 AND pid = ?5 "
+                     "AND status IN ('running','paused','stopped')",
+                     &st, "recording the end of a run", err);
+    if (rc)
+        return rc;
+    bind_text(st, 1, status);
+    bind_text(st, 2, error_text);
+    sqlite3_bind_int64(st, 3, now_s());
+    sqlite3_bind_int64(st, 4, run);
+    sqlite3_bind_int64(st, 5, (int64_t)getpid());
+    return run_write(l, st, NULL, changed, "recording the end of a run", err);
 }

@@ -25,7 +25,7 @@
 #include "core/error.h"
 
 /* The schema version this build writes and understands. */
-#define LEDGER_SCHEMA_VERSION 2
+#define LEDGER_SCHEMA_VERSION 3
 
 typedef struct ledger ledger;
 
@@ -76,6 +76,8 @@ typedef struct ledger_run {
     int steps_planned, step_reached;
     int64_t created_at, started_at, ended_at;   /* unix seconds, 0: not yet */
     const char *error;
+    const char *out_dir;            /* a training run's folder (absolute), or NULL */
+    int64_t pid;                    /* read only: the process that last ran it */
 } ledger_run;
 
 /* Inserts a run; *id receives its id.  COIN_EINVAL for an unknown kind or
@@ -91,6 +93,14 @@ void ledger_run_free(ledger_run *r);
  * replaces the run's error.  COIN_ENOTFOUND for a missing run. */
 int ledger_set_run_status(ledger *l, int64_t run, const char *status,
                           const char *error_text, coin_error *err);
+
+/* Records how this process's run ended (status and error as for
+ * ledger_set_run_status), but only while the run is still this process's:
+ * running, paused or stopped, with this process's id.  A run queued again
+ * meanwhile (coin resume right after coin pause) is left alone.  *changed
+ * (may be NULL) is 1 when the run was updated. */
+int ledger_finish_run(ledger *l, int64_t run, const char *status, const char *error_text,
+                      int *changed, coin_error *err);
 
 /* Records n (step, loss, lr) rows for run in one transaction and raises the
  * run's step_reached to the highest step.  A step already recorded is
@@ -134,6 +144,13 @@ typedef struct ledger_sample {
 int ledger_insert_sample(ledger *l, const ledger_sample *s, int64_t *id, coin_error *err);
 int ledger_get_sample(ledger *l, int64_t id, ledger_sample *out, coin_error *err);
 void ledger_sample_free(ledger_sample *s);
+/* Calls fn for each sample of run whose id is above after, in id order (a
+ * follower passes the last id it has seen); the sample passed to fn is
+ * freed after fn returns.  A non-zero return from fn stops the walk and is
+ * returned. */
+typedef int (*ledger_sample_fn)(void *ctx, const ledger_sample *s);
+int ledger_list_samples(ledger *l, int64_t run, int64_t after, ledger_sample_fn fn, void *ctx,
+                        coin_error *err);
 
 /* Rates a sample good (1) or bad (0) with an optional note; rating it again
  * replaces the earlier rating.  COIN_EINVAL for a missing sample. */
@@ -173,5 +190,71 @@ int ledger_mark_dead_runs(ledger *l, const char *host, int *n, coin_error *err);
  * start-up, when no worker can be running, after a crash left runs behind.
  * *n (may be NULL) receives how many were marked. */
 int ledger_mark_interrupted(ledger *l, int *n, coin_error *err);
+
+/* Updates the description of run (a queued run gets its model hash and
+ * full configuration when the worker starts it): NULL strings and zero
+ * numbers in r keep what is recorded; status, times and error are not
+ * touched.  COIN_ENOTFOUND for a missing run. */
+int ledger_update_run(ledger *l, int64_t run, const ledger_run *r, coin_error *err);
+
+/* The newest training run whose output folder is out_dir (absolute, as
+ * recorded); *run is 0 when there is none. */
+int ledger_find_run_by_dir(ledger *l, const char *out_dir, int64_t *run, coin_error *err);
+
+/* Continues run from its checkpoint at from_step, in one transaction:
+ * forgets the losses and checkpoints after from_step (a crash may have
+ * recorded steps that the checkpoint does not hold; they are trained
+ * again), sets step_reached to from_step and the status to running with
+ * this process's id, and clears the end time and error. */
+int ledger_resume_run(ledger *l, int64_t run, int from_step, coin_error *err);
+
+/* A recorded checkpoint. */
+typedef struct ledger_checkpoint {
+    int64_t id;
+    int step;
+    char *path, *sha256;
+} ledger_checkpoint;
+/* run's checkpoints in step order (*out malloc'd, NULL when none); free
+ * with ledger_checkpoints_free. */
+int ledger_list_checkpoints(ledger *l, int64_t run, ledger_checkpoint **out, size_t *n,
+                            coin_error *err);
+void ledger_checkpoints_free(ledger_checkpoint *c, size_t n);
+
+/* The path of the newest model whose sha256 starts with sha_prefix (8 to 64
+ * hex digits, as AUTOMATIC1111's 10-digit "Model hash"); *path malloc'd.
+ * COIN_ENOTFOUND when the ledger knows no such model. */
+int ledger_find_model(ledger *l, const char *sha_prefix, char **path, coin_error *err);
+
+/* ---- the job queue ----
+ * A job is the command line (a JSON list of arguments after "coin", run in
+ * folder cwd) that makes a run; the run's status is the job's state:
+ * queued until a worker takes it, then running, and done, failed, paused,
+ * stopped or interrupted.  One worker per device drains the queue in the
+ * order jobs were queued. */
+typedef struct ledger_job {
+    int64_t run;                    /* 0: none */
+    char *argv_json, *cwd, *device;
+    int attempts;                   /* how many times a worker has taken it */
+} ledger_job;
+
+/* Queues run's job (replacing an earlier job of the run) and sets the run
+ * queued, in one transaction. */
+int ledger_enqueue_job(ledger *l, int64_t run, const char *argv_json, const char *cwd,
+                       const char *device, coin_error *err);
+/* Reads run's job (COIN_ENOTFOUND when it has none). */
+int ledger_get_job(ledger *l, int64_t run, ledger_job *out, coin_error *err);
+/* Takes the oldest queued job of device, marking its run running with this
+ * process's id, atomically (two workers never take one job); out->run is 0
+ * when the queue is empty.  Free with ledger_job_free. */
+int ledger_claim_job(ledger *l, const char *device, ledger_job *out, coin_error *err);
+void ledger_job_free(ledger_job *j);
+/* How many jobs wait for device (NULL: any device). */
+int ledger_count_queued(ledger *l, const char *device, int *n, coin_error *err);
+
+/* The SQLite connection under l, for read-only queries that have no
+ * function here (the workbench's views, integrity checks in tests).  It
+ * stays l's: do not close it. */
+typedef struct sqlite3 sqlite3;
+sqlite3 *ledger_sqlite(ledger *l);
 
 #endif

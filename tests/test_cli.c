@@ -167,7 +167,7 @@ TEST(cli_sample_writes_pngs_that_show_their_recipe)
     char cmd[2048], a[700], b[700];
     snprintf(cmd, sizeof cmd, "bin/coin sample --model tests/golden/sd1/model.safetensors "
              "--prompt 'a photo of a cat' --negative blurry --steps 3 --sampler euler_a "
-             "--seed 7 --batch 2 --out %s/cat.png", dir);
+             "--seed 7 --batch 2 --out %s/cat.png --foreground", dir);
     REQUIRE(run(cmd, out, sizeof out) == 0);
     CHECK_STR_CONTAINS(out, "image 2/2 (seed 8)");
     snprintf(cmd, sizeof cmd, "bin/coin show %s/cat-1.png", dir);
@@ -236,12 +236,15 @@ TEST(cli_train_runs_resumes_and_refuses_bad_input)
     }
     snprintf(cmd, sizeof cmd, "bin/coin train --model tests/golden/sd1/model.safetensors "
              "--images %s --token '<thumbs-up>' --init hand --steps 2 --batch 1 --save-every 1 "
-             "--previews 0 --out %s", images, out_dir);
+             "--previews 0 --out %s --foreground", images, out_dir);
     CHECK_EQ_INT(run(cmd, out, sizeof out), 0);
     CHECK_STR_CONTAINS(out, "encoding image 2/2");
     CHECK_STR_CONTAINS(out, "learned_embeds.safetensors");
+    /* Through the queue: the worker continues the same run to step 3. */
     snprintf(cmd, sizeof cmd, "bin/coin train --resume %s --steps 3", out_dir);
     CHECK_EQ_INT(run(cmd, out, sizeof out), 0);
+    CHECK_STR_CONTAINS(out, "Ctrl-C stops following, not the run");
+    CHECK_STR_CONTAINS(out, "done, step 3 of 3");
     snprintf(path, sizeof path, "%s/learned_embeds-steps-3.safetensors", out_dir);
     FILE *f = fopen(path, "rb");
     CHECK(f != NULL);
@@ -253,11 +256,12 @@ TEST(cli_train_runs_resumes_and_refuses_bad_input)
              "--out %s/s.png && bin/coin show %s/s.png", out_dir, dir, dir);
     CHECK_EQ_INT(run(cmd, out, sizeof out), 0);
     CHECK_STR_CONTAINS(out, "TI hashes: \"<thumbs-up>: ");
-    /* Both runs and the sample are in the ledger. */
+    /* The run (one row: resuming continued it) and the sample are in the
+     * ledger. */
     CHECK_EQ_INT(run("bin/coin runs", out, sizeof out), 0);
-    CHECK_STR_CONTAINS(out, "train  <thumbs-up>      model.safetensors        done");
-    CHECK_STR_CONTAINS(out, "     2/2");
-    CHECK_STR_CONTAINS(out, "     3/3");
+    CHECK_STR_CONTAINS(out, "train  <thumbs-up>      model.safetensors        done             3/3");
+    const char *first = strstr(out, "<thumbs-up>");
+    CHECK(first && !strstr(first + 1, "<thumbs-up>"));
     CHECK_STR_CONTAINS(out, "sample -");
     CHECK_EQ_INT(run("bin/coin train --model x", out, sizeof out), 2);
     CHECK_STR_CONTAINS(out, "--images");
@@ -342,7 +346,7 @@ TEST(cli_killed_training_is_marked_interrupted_and_its_checkpoint_is_intact)
     snprintf(cmd, sizeof cmd,
              "bin/coin train --model tests/golden/sd1/model.safetensors --images %s "
              "--token '<crash>' --init hand --steps 3000 --batch 1 --save-every 3 "
-             "--previews 0 --out %s/run >/dev/null 2>&1 & pid=$!; "
+             "--previews 0 --out %s/run --foreground >/dev/null 2>&1 & pid=$!; "
              "for i in $(seq 300); do [ -f %s/run/state.safetensors ] && break; sleep 0.1; done; "
              "kill -9 $pid; wait $pid; bin/coin runs", images, dir, dir);
     CHECK_EQ_INT(run(cmd, out, sizeof out), 0);
@@ -385,16 +389,17 @@ TEST(cli_detached_training_pauses_and_resumes_through_the_ledger)
              "--token '<bg>' --init hand --steps 3000 --batch 1 --save-every 4 "
              "--previews 0 --out %s/run --detach", images, dir);
     CHECK_EQ_INT(run(cmd, out, sizeof out), 0);
-    CHECK_STR_CONTAINS(out, "training in the background");
+    CHECK_STR_CONTAINS(out, "run 1: in the background");
     CHECK(wait_for_runs("running"));
     CHECK_EQ_INT(run("bin/coin pause 1", out, sizeof out), 0);
     CHECK(wait_for_runs("paused"));
-    CHECK_EQ_INT(run("bin/coin resume 1", out, sizeof out), 0);
-    CHECK(wait_for_runs("    2  train  <bg>"));
-    CHECK(wait_for_runs("running"));
-    CHECK_EQ_INT(run("bin/coin stop 2", out, sizeof out), 0);
+    /* Resumed, it is the same run 1 again, not a new one. */
+    CHECK_EQ_INT(run("bin/coin resume 1 --detach", out, sizeof out), 0);
+    CHECK(wait_for_runs("    1  train  <bg>             model.safetensors        running"));
+    CHECK(!strstr(out, "    2  train"));
+    CHECK_EQ_INT(run("bin/coin stop 1", out, sizeof out), 0);
     CHECK(wait_for_runs("stopped"));
-    CHECK_EQ_INT(run("bin/coin stop 2", out, sizeof out), 1);   /* not running any more */
+    CHECK_EQ_INT(run("bin/coin stop 1", out, sizeof out), 1);   /* not running any more */
     CHECK_STR_CONTAINS(out, "is stopped, not running");
     if (saved) {
         setenv("COIN_HOME", saved, 1);

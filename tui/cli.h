@@ -22,6 +22,7 @@ int cmd_runs(int argc, char **argv);
 int cmd_rate(int argc, char **argv);
 int cmd_control(int argc, char **argv);   /* pause, stop, resume */
 int cmd_export(int argc, char **argv);
+int cmd_worker(int argc, char **argv);    /* drains the job queue (tui/worker.c) */
 /* `coin show run N` / `coin show sample N`, from the ledger. */
 int cmd_show_ledger(const char *what, const char *id_text);
 /* The image file the ledger holds for sample id_text (*out malloc'd). */

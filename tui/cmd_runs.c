@@ -13,7 +13,9 @@
 #include "core/ti.h"
 #include "db/ledger.h"
 #include "tui/record.h"
+#include "core/fileio.h"
 #include "tui/cli.h"
+#include "tui/job.h"
 
 static const char RUNS_HELP[] =
     "usage: coin runs\n"
@@ -177,25 +179,101 @@ int cli_sample_image_path(const char *id_text, char **out, coin_error *err)
     return rc;
 }
 
-/* `coin pause N`, `coin stop N`: asks a running training run to write a
- * checkpoint and stop (it looks at its status in the ledger every step);
- * `coin resume N` continues a paused, stopped or interrupted one in the
- * background from its output folder. */
+static const char CONTROL_HELP[] =
+    "usage: coin pause RUN | coin stop RUN\n"
+    "       coin resume RUN [--foreground | --no-follow | --detach]\n"
+    "\n"
+    "pause and stop ask a running training run to write a checkpoint and stop\n"
+    "after its current step (it looks at its status in the ledger every step); a\n"
+    "queued job is taken off the queue.  A paused run is meant to continue, a\n"
+    "stopped one to stay as it is; either can be resumed.\n"
+    "\n"
+    "resume continues a paused, stopped, interrupted (crashed, killed) or failed\n"
+    "training run from its last checkpoint, as the same run in the ledger (its\n"
+    "losses after that checkpoint are trained again), or starts a job that never\n"
+    "reached a checkpoint again.  A sampling job resumed makes the images it had\n"
+    "not recorded yet.  Like coin train it queues the job for the worker\n"
+    "and follows it; Ctrl-C stops following, not the run.\n"
+    "  --foreground   train in this process\n"
+    "  --no-follow    print only the run id\n"
+    "  --detach       say where to look and return\n";
+
+/* `coin resume N`: queues run N again, from its folder's checkpoint when
+ * it has one, else as its job was first given. */
+static int resume_run(ledger *l, const ledger_run *r, const job_flags *jf)
+{
+    coin_error err = {0};
+    long long id = (long long)r->id;
+    char state[4200] = "";
+    if (r->out_dir)
+        snprintf(state, sizeof state, "%s/state.safetensors", r->out_dir);
+    ledger_job job = {0};
+    int have_job = ledger_get_job(l, r->id, &job, NULL) == 0;
+    int rc = 0;
+    if (strcmp(r->kind, "train") && (!have_job || jf->foreground)) {
+        rc = coin_fail(&err, COIN_EINVAL, "run %lld is a %s run %s; resume it without "
+                       "--foreground, or make its images again with coin sample", id, r->kind,
+                       have_job ? "" : "that was not started through the queue");
+    } else if (!strcmp(r->status, "running") || !strcmp(r->status, "queued") ||
+               !strcmp(r->status, "done")) {
+        rc = coin_fail(&err, COIN_EINVAL, "run %lld is %s; there is nothing to resume", id,
+                       r->status);
+    } else if (!r->out_dir && !have_job) {
+        rc = coin_fail(&err, COIN_ENOTFOUND, "run %lld does not record its output folder", id);
+    } else if (!path_exists(state) && !have_job) {
+        rc = coin_fail(&err, COIN_ENOTFOUND, "run %lld never reached a checkpoint (%s does not "
+                       "exist) and has no job to start again", id, state);
+    }
+    if (rc) {
+        ledger_job_free(&job);
+        ledger_close(l);
+        return cli_report(&err);
+    }
+    const char *device = have_job ? job.device : job_device(r->backend);
+    char dev[16];
+    snprintf(dev, sizeof dev, "%s", device);
+    if (!strcmp(r->kind, "train") && path_exists(state)) {
+        char *args[] = {"train", "--resume", (char *)r->out_dir, NULL};
+        if (jf->foreground) {
+            char run_text[24];
+            snprintf(run_text, sizeof run_text, "%lld", id);
+            char *fg[] = {"train", "--resume", (char *)r->out_dir, "--foreground", "--job",
+                          run_text, NULL};
+            ledger_job_free(&job);
+            ledger_close(l);
+            return cmd_train(6, fg);
+        }
+        rc = job_queue(l, r->id, 3, args, dev, &err);
+    } else if (jf->foreground) {
+        rc = coin_fail(&err, COIN_EINVAL, "run %lld never reached a checkpoint; coin resume %lld "
+                       "without --foreground starts its job again", id, id);
+    } else {
+        rc = ledger_enqueue_job(l, r->id, job.argv_json, job.cwd, dev, &err);
+    }
+    ledger_job_free(&job);
+    ledger_close(l);
+    if (rc)
+        return cli_report(&err);
+    return job_hand_over(r->id, dev, jf);
+}
+
+/* `coin pause N`, `coin stop N`, `coin resume N`. */
 int cmd_control(int argc, char **argv)
 {
     const char *verb = argv[0];
-    if (argc != 2 || argv[1][0] == '-') {
-        if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-            printf("usage: coin %s RUN\n\n%s\n", verb,
-                   !strcmp(verb, "resume")
-                       ? "Continues a paused, stopped or interrupted training run from its last\n"
-                         "checkpoint, in the background."
-                       : "Asks a running training run to write a checkpoint and stop; coin resume\n"
-                         "RUN continues it.");
-            return 0;
-        }
-        return cli_usage_error(verb, "give the RUN id (see coin runs)");
+    job_flags jf = {0};
+    int resume = !strcmp(verb, "resume");
+    if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        fputs(CONTROL_HELP, stdout);
+        return 0;
     }
+    if (resume) {
+        int rc = job_take_flags(&argc, argv, &jf, verb);
+        if (rc)
+            return rc;
+    }
+    if (argc != 2 || argv[1][0] == '-')
+        return cli_usage_error(verb, "give the RUN id (see coin runs)");
     char *end;
     long long id = strtoll(argv[1], &end, 10);
     if (!*argv[1] || *end || id < 1)
@@ -210,44 +288,30 @@ int cmd_control(int argc, char **argv)
         ledger_close(l);
         return cli_report(&err);
     }
+    if (resume) {
+        rc = resume_run(l, &r, &jf);     /* closes l */
+        ledger_run_free(&r);
+        return rc;
+    }
     int status = 0;
-    if (strcmp(r.kind, "train")) {
-        coin_fail(&err, COIN_EINVAL, "run %lld is a %s run; only training runs pause and resume",
+    const char *to = !strcmp(verb, "pause") ? "paused" : "stopped";
+    if (!strcmp(r.status, "queued")) {
+        if (ledger_set_run_status(l, id, to, NULL, &err))
+            status = cli_report(&err);
+        else
+            printf("run %lld was waiting in the queue; now %s (coin resume %lld queues it "
+                   "again)\n", id, to, id);
+    } else if (strcmp(r.kind, "train")) {
+        coin_fail(&err, COIN_EINVAL, "run %lld is a %s run; only training runs pause and stop",
                   id, r.kind);
         status = cli_report(&err);
-    } else if (strcmp(verb, "resume")) {
-        if (strcmp(r.status, "running")) {
-            coin_fail(&err, COIN_EINVAL, "run %lld is %s, not running", id, r.status);
-            status = cli_report(&err);
-        } else if (ledger_set_run_status(l, id, !strcmp(verb, "pause") ? "paused" : "stopped",
-                                         NULL, &err)) {
-            status = cli_report(&err);
-        } else {
-            printf("run %lld will write a checkpoint and stop after its current step\n", id);
-        }
-    } else if (!strcmp(r.status, "running") || !strcmp(r.status, "done")) {
-        coin_fail(&err, COIN_EINVAL, "run %lld is %s; there is nothing to resume", id, r.status);
+    } else if (strcmp(r.status, "running")) {
+        coin_fail(&err, COIN_EINVAL, "run %lld is %s, not running", id, r.status);
+        status = cli_report(&err);
+    } else if (ledger_set_run_status(l, id, to, NULL, &err)) {
         status = cli_report(&err);
     } else {
-        /* The run's output folder is in its configuration. */
-        cJSON *cfg = cJSON_Parse(r.config_json ? r.config_json : "{}");
-        const char *out_dir = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(cfg, "out_dir"));
-        char dir[2048] = "";
-        if (out_dir)
-            snprintf(dir, sizeof dir, "%s", out_dir);
-        cJSON_Delete(cfg);
-        ledger_run_free(&r);
-        ledger_close(l);
-        if (!dir[0]) {
-            coin_fail(&err, COIN_ENOTFOUND, "run %lld does not record its output folder", id);
-            return cli_report(&err);
-        }
-        if (ti_wait_for_folder(dir, 120, &err))
-            return cli_report(&err);
-        char *args[] = {"coin", "train", "--resume", dir, "--detach", NULL};
-        execv("/proc/self/exe", args);
-        coin_fail(&err, COIN_EIO, "cannot start coin train --resume %s: %s", dir, strerror(errno));
-        return cli_report(&err);
+        printf("run %lld will write a checkpoint and stop after its current step\n", id);
     }
     ledger_run_free(&r);
     ledger_close(l);

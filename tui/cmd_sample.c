@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/fileio.h"
 #include "core/image.h"
@@ -16,6 +17,7 @@
 #include "core/recipe.h"
 #include "core/sample.h"
 #include "tui/cli.h"
+#include "tui/job.h"
 #include "tui/progress.h"
 #include "tui/record.h"
 
@@ -47,7 +49,15 @@ static const char SAMPLE_HELP[] =
     "  --out PATH.png        the image; with --batch N, PATH-0.png ... PATH-(N-1).png\n"
     "  --backend B           auto, cpu or cuda (default auto)\n"
     "  --version sd1|sd2     override the detected model version\n"
-    "  --prediction eps|v    override the prediction type\n";
+    "  --prediction eps|v    override the prediction type\n"
+    "\n"
+    "Where it runs: the job is queued in the ledger and a worker detached from the\n"
+    "terminal makes the images (output in $COIN_HOME/logs/run-N.log); this command\n"
+    "follows it and prints each image's path as it is recorded.  Ctrl-C stops\n"
+    "following, not the job.\n"
+    "  --foreground          make the images in this process instead\n"
+    "  --no-follow           queue, make sure a worker runs, print only the run id\n"
+    "  --detach              queue, make sure a worker runs, say where to look\n";
 
 /* Parses a whole number in [lo, hi] or fails with the option's name. */
 static int parse_long(const char *opt, const char *s, long long lo, long long hi,
@@ -290,12 +300,103 @@ static int parse_sample_args(int argc, char **argv, sample_args *a)
     return 0;
 }
 
+/* The images a run already made and recorded, whose files are still
+ * what was recorded: a resumed sampling job skips them (the same seed
+ * makes the same image). */
+typedef struct made_list {
+    char **paths;
+    size_t n;
+} made_list;
+
+static int collect_made(void *ctx, const ledger_sample *s)
+{
+    made_list *m = ctx;
+    uint8_t digest[32];
+    char hex[65];
+    if (!s->image_path || !s->image_sha256 || sha256_file(s->image_path, digest, NULL, NULL, NULL))
+        return 0;
+    sha256_hex(digest, hex);
+    char **grown = strcmp(hex, s->image_sha256) ? NULL
+                                                : realloc(m->paths, (m->n + 1) * sizeof *grown);
+    if (grown && (grown[m->n] = strdup(s->image_path))) {
+        m->paths = grown;
+        m->n++;
+    } else if (grown) {
+        m->paths = grown;
+    }
+    return 0;
+}
+
+static int already_made(const made_list *m, const char *path)
+{
+    for (size_t i = 0; i < m->n; i++)
+        if (!strcmp(m->paths[i], path))
+            return 1;
+    return 0;
+}
+
+/* `coin sample` without --foreground: the run is queued for the worker and
+ * followed (its images are printed as they are recorded). */
+static int queue_sample(const sample_args *a, int argc, char **argv, const job_flags *jf)
+{
+    coin_error err = {0};
+    const coin_backend *be;
+    if (backend_by_name(&be, a->backend, &err))
+        return cli_report(&err);
+    /* What is checked without loading the model is checked now. */
+    if (!path_exists(a->model)) {
+        coin_fail(&err, COIN_ENOTFOUND, "%s: no such file or folder", a->model);
+        return cli_report(&err);
+    }
+    for (int i = 0; i < a->n_emb; i++)
+        if (!path_exists(a->embeddings[i])) {
+            coin_fail(&err, COIN_ENOTFOUND, "%s: no such file", a->embeddings[i]);
+            return cli_report(&err);
+        }
+    char host[256] = "";
+    gethostname(host, sizeof host - 1);
+    ledger_run lr = {.kind = "sample", .backend = be->name, .precision = "fp32",
+                     .coin_version = COIN_VERSION, .host = host, .steps_planned = (int)a->batch};
+    ledger *l;
+    int64_t id = 0;
+    const char *device = job_device(be->name);
+    int rc = cli_open_ledger(&l, &err);
+    if (!rc)
+        rc = ledger_insert_run(l, &lr, &id, &err);
+    if (!rc)
+        rc = job_queue(l, id, argc, argv, device, &err);
+    ledger_close(l);
+    if (rc)
+        return cli_report(&err);
+    return job_hand_over(id, device, jf);
+}
+
 int cmd_sample(int argc, char **argv)
 {
-    sample_args a;
-    int rc = parse_sample_args(argc, argv, &a);
+    job_flags jf;
+    int rc = job_take_flags(&argc, argv, &jf, "sample");
     if (rc)
+        return rc;
+    char **job_argv = calloc((size_t)argc + 1, sizeof *job_argv);
+    if (!job_argv) {
+        fprintf(stderr, "coin: out of memory\n");
+        return 1;
+    }
+    memcpy(job_argv, argv, (size_t)argc * sizeof *argv);
+    sample_args a;
+    optind = 0;
+    rc = parse_sample_args(argc, argv, &a);
+    if (rc) {
+        free(job_argv);
         return rc == 1 ? 0 : rc;
+    }
+    if (!jf.foreground) {
+        rc = queue_sample(&a, argc, job_argv, &jf);
+        free(job_argv);
+        return rc;
+    }
+    free(job_argv);
+    made_list made = {0};
 
     coin_error err = {0};
     const coin_backend *be;
@@ -351,7 +452,13 @@ int cmd_sample(int argc, char **argv)
     ledger_run lr = {.kind = "sample", .config_json = recipe0, .backend = be->name,
                      .precision = "fp32", .coin_version = COIN_VERSION,
                      .steps_planned = (int)a.batch};
-    record_start(&rec, &lr, p->ck->path, h.model, p->ck->version);
+    if (jf.job_run) {
+        record_attach(&rec, jf.job_run, &lr, p->ck->path, h.model, p->ck->version, 0);
+        if (rec.l)
+            ledger_list_samples(rec.l, rec.run, 0, collect_made, &made, NULL);
+    } else {
+        record_start(&rec, &lr, p->ck->path, h.model, p->ck->version);
+    }
     char emb_json[PIPELINE_MAX_EMBEDDINGS * 70 + 4] = "[";
     for (int i = 0; i < p->n_embeddings; i++)
         snprintf(emb_json + strlen(emb_json), sizeof emb_json - strlen(emb_json), "%s\"%s\"",
@@ -365,12 +472,16 @@ int cmd_sample(int argc, char **argv)
         sp.seed = (uint64_t)a.seed + (uint64_t)i;
         snprintf(what, sizeof what, "image %lld/%lld (seed %" PRIu64 ")", i + 1, a.batch,
                  sp.seed);
+        output_path(path, sizeof path, a.out, (int)a.batch, (int)i);
+        if (already_made(&made, path)) {
+            fprintf(stderr, "%s: made before this job was resumed\n", what);
+            continue;
+        }
         progress_start(&bar, what, sampler_model_calls(sp.sampler, sp.steps));
         if (sample_image(p, &sp, on_step, &bar, pixels, NULL, &err))
             goto done;
         progress_end(&bar);
         coin_image img = {0};
-        output_path(path, sizeof path, a.out, (int)a.batch, (int)i);
         rc = image_from_chw_float(pixels, sp.width, sp.height, &img, &err);
         if (!rc)
             rc = describe(p, &sp, &h, be->name, &params, &json, &err);
@@ -394,9 +505,23 @@ int cmd_sample(int argc, char **argv)
     }
     status = 0;
 done:
-    if (status)
-        cli_report(&err);
-    record_finish(&rec, status ? "failed" : "done", status ? err.msg : NULL);
+    if (status && job_disk_full(err.msg)) {
+        char why[COIN_ERROR_MSG_MAX + 300];
+        snprintf(why, sizeof why, "the disk is full (%s); the images made so far are intact: "
+                 "free some space, then continue with coin resume %lld", err.msg,
+                 (long long)rec.run);
+        fprintf(stderr, "coin: paused: %s\n", why);
+        record_finish(&rec, "paused", why);
+    } else {
+        if (status)
+            cli_report(&err);
+        if (status && !rec.l && jf.job_run)
+            record_job_failed(jf.job_run, err.msg);
+        record_finish(&rec, status ? "failed" : "done", status ? err.msg : NULL);
+    }
+    for (size_t i = 0; i < made.n; i++)
+        free(made.paths[i]);
+    free(made.paths);
     free(pixels);
     pipeline_free(p);
     return status;

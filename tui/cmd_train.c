@@ -19,7 +19,9 @@
 #include "core/safetensors.h"
 #include "core/recipe.h"
 #include "core/ti.h"
+#include "core/fileio.h"
 #include "tui/cli.h"
+#include "tui/job.h"
 #include "tui/progress.h"
 #include "tui/record.h"
 
@@ -32,7 +34,7 @@ static const char TRAIN_HELP[] =
     "into --out: learned_embeds.safetensors (diffusers format; AUTOMATIC1111, kohya\n"
     "and stable-diffusion.cpp load it too) and a copy at every checkpoint, the\n"
     "resume state, loss.csv, and preview PNGs from fixed prompts and seeds.  Ctrl-C\n"
-    "writes a checkpoint and stops; --resume continues exactly where it stopped.\n"
+    "stops following (see below); --resume continues exactly where it stopped.\n"
     "\n"
     "  --out DIR              output folder (default: ti-WORD)\n"
     "  --vectors N            vectors per trigger (default 1)\n"
@@ -59,9 +61,17 @@ static const char TRAIN_HELP[] =
     "  --preview-seed N       seeds N .. N+previews-1 (default 42)\n"
     "  --version sd1|sd2      override the detected model version\n"
     "  --backend B            auto, cpu or cuda\n"
-    "  --detach               run in the background, detached from the terminal\n"
-    "                         (closing it or losing SSH does not stop the run);\n"
-    "                         output in OUT/train.log, progress in coin runs\n";
+    "\n"
+    "Where it runs: the run is queued in the ledger ($COIN_HOME, default\n"
+    "~/.local/share/coin) and a worker detached from the terminal trains it (one\n"
+    "job at a time per device; closing the terminal or losing SSH does not stop\n"
+    "it; its output goes to $COIN_HOME/logs/run-N.log).  This command follows the\n"
+    "run's progress; Ctrl-C stops following, not the run: coin pause N / coin stop\n"
+    "N write a checkpoint and stop it, coin resume N continues it (the same run).\n"
+    "  --foreground           train in this process instead (Ctrl-C writes a\n"
+    "                         checkpoint and stops)\n"
+    "  --no-follow            queue, make sure a worker runs, print only the run id\n"
+    "  --detach               queue, make sure a worker runs, say where to look\n";
 
 static volatile sig_atomic_t interrupted;
 
@@ -76,6 +86,8 @@ typedef struct train_view {
     int started;
     recorder rec;
     const char *requested;      /* "paused" / "stopped" asked through the ledger */
+    int save_every;
+    const char *out_dir;
 } train_view;
 
 static int on_report(void *ctx, const ti_report *r)
@@ -85,13 +97,27 @@ static int on_report(void *ctx, const ti_report *r)
         if (v->started && v->bar.tty)
             fputc('\n', stderr);
         fprintf(stderr, "%s\n", r->event);
-        if (!strncmp(r->event, "checkpoint ", 11))
-            record_checkpoint(&v->rec, r->step, r->event + 11);
+        /* The event names learned_embeds.safetensors, which the next
+         * checkpoint replaces; the ledger records the step's own copy. */
+        if (!strncmp(r->event, "checkpoint ", 11)) {
+            char step_file[1300];
+            snprintf(step_file, sizeof step_file, "%s/learned_embeds-steps-%d.safetensors",
+                     v->out_dir, r->step);
+            record_checkpoint(&v->rec, r->step, path_exists(step_file) ? step_file
+                                                                        : r->event + 11);
+        }
         return interrupted;
     }
     record_loss(&v->rec, r->step, r->loss, (float)r->lr);
-    if ((v->requested = record_requested(&v->rec)))
+    /* A checkpoint follows this step: its losses go into the ledger before
+     * the trainer writes the state, so a crash right after the state can
+     * never leave steps the checkpoint holds without their losses. */
+    if (r->step % v->save_every == 0 || r->step == r->total || interrupted)
+        record_flush(&v->rec);
+    if ((v->requested = record_requested(&v->rec)) || v->rec.disk_full) {
+        record_flush(&v->rec);
         return 1;   /* the trainer writes a checkpoint, then stops */
+    }
     if (!v->started) {
         progress_start(&v->bar, "train", r->total);
         v->bar.start = progress_now();
@@ -134,55 +160,96 @@ static int copy_arg(const char *opt, char *dst, size_t len, const char *s)
     return 0;
 }
 
-/* Goes on in a process of its own session, detached from the terminal, so
- * that closing it or losing SSH does not stop the run; its output goes to
- * <out>/train.log.  The parent returns 0 at once (after saying where to
- * look); the child returns 0 and carries on, 1 when it could not detach. */
-static int detach_from_terminal(const char *out_dir)
+/* path made absolute (symbolic links resolved when it exists), so that a
+ * run's folder is recorded the same way from any current folder. */
+static void absolute_path(const char *path, char *buf, size_t len)
 {
-    char log[1200];
-    snprintf(log, sizeof log, "%s/train.log", out_dir);
-    mkdir(out_dir, 0777);
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) {
-        fprintf(stderr, "coin train: cannot start a background process: %s\n", strerror(errno));
-        return 1;
+    char real[4096];
+    if (realpath(path, real)) {
+        snprintf(buf, len, "%s", real);
+        return;
     }
-    if (pid > 0) {
-        printf("training in the background (process %d); its output: %s\n"
-               "follow it with coin runs or coin show run N; coin pause / coin stop N\n",
-               (int)pid, log);
-        exit(0);
+    char cwd[4096];
+    if (path[0] == '/' || !getcwd(cwd, sizeof cwd) || strlen(cwd) + strlen(path) + 2 > len) {
+        snprintf(buf, len, "%s", path);
+    } else {
+        strcpy(buf, cwd);
+        strcat(buf, "/");
+        strcat(buf, path);
     }
-    setsid();
-    signal(SIGHUP, SIG_IGN);
-    int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644), null = open("/dev/null", O_RDONLY);
-    if (fd < 0 || null < 0)
-        _exit(1);
-    dup2(null, STDIN_FILENO);
-    dup2(fd, STDOUT_FILENO);
-    dup2(fd, STDERR_FILENO);
-    close(fd);
-    close(null);
-    return 0;
+    size_t n = strlen(buf);
+    while (n > 1 && buf[n - 1] == '/')
+        buf[--n] = '\0';
 }
 
-/* Puts the run in the ledger: a new run's configuration (hashing the model
- * once here, so the trainer need not), or a resumed one's saved state. */
-static int start_record(recorder *rec, ti_config *c, const char *resume, int steps_given,
-                        const coin_backend *be, coin_error *err)
+/* What a resume state says: its configuration (malloc'd JSON) and step. */
+static int read_state(const char *dir, char **config, int *step, coin_error *err)
 {
-    char *config = NULL, sha[65] = "", state[1200];
+    char state[4200];
+    st_file *f;
+    *config = NULL;
+    *step = 0;
+    snprintf(state, sizeof state, "%s/state.safetensors", dir);
+    if (!path_exists(state))
+        return coin_fail(err, COIN_ENOTFOUND, "%s has no state.safetensors: no run to resume "
+                         "there (a run writes it at its first checkpoint)", dir);
+    int rc = st_open(&f, state, err);
+    if (rc)
+        return rc;
+    const char *cfg = st_meta(f, "config"), *at = st_meta(f, "step");
+    if (!cfg || !at)
+        rc = coin_fail(err, COIN_EFORMAT, "%s: the resume state lacks its configuration", state);
+    else if (!(*config = strdup(cfg)))
+        rc = coin_fail(err, COIN_ENOMEM, "out of memory");
+    else
+        *step = atoi(at);
+    st_close(f);
+    return rc;
+}
+
+/* The ledger's description of a run: from the configuration c for a new
+ * run, from the saved configuration (JSON) for a resumed one.  Strings
+ * point into c, saved or out_dir. */
+static void describe_run(ledger_run *run, const ti_config *c, const cJSON *saved,
+                         const char *config_json, const char *out_dir, int steps_given,
+                         const coin_backend *be)
+{
+    memset(run, 0, sizeof *run);
+    const cJSON *steps = cJSON_GetObjectItemCaseSensitive(saved, "steps");
+    run->kind = "train";
+    run->config_json = config_json;
+    run->trigger = saved ? cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(saved, "token"))
+                         : c->token;
+    run->initializer = saved ? cJSON_GetStringValue(
+                                   cJSON_GetObjectItemCaseSensitive(saved, "init_word"))
+                             : c->init_word;
+    run->images_dir = saved ? cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(saved,
+                                                                                     "images"))
+                            : c->images;
+    run->image_hashes_json = "[]";
+    run->backend = be->name;
+    run->precision = "fp32";
+    run->coin_version = COIN_VERSION;
+    run->out_dir = out_dir;
+    run->steps_planned = saved && cJSON_IsNumber(steps) && !steps_given ? (int)steps->valuedouble
+                                                                        : c->steps;
+}
+
+/* Puts the run in the ledger for this process to train it: a new run's
+ * configuration (hashing the model once here, so the trainer need not), or
+ * a resumed one's saved state, continuing its own row (job_run, or the run
+ * recorded for the folder) from the state's step. */
+static int start_record(recorder *rec, ti_config *c, const char *resume, int steps_given,
+                        int64_t job_run, const coin_backend *be, coin_error *err)
+{
+    char *config = NULL, sha[65] = "", out_dir[4096];
     const char *model = NULL;
-    int version = 0;
+    int version = 0, from_step = 0;
+    absolute_path(resume ? resume : c->out_dir, out_dir, sizeof out_dir);
     if (resume) {
-        st_file *f;
-        snprintf(state, sizeof state, "%s/state.safetensors", resume);
-        if (st_open(&f, state, NULL) == 0) {
-            config = st_meta(f, "config") ? strdup(st_meta(f, "config")) : NULL;
-            st_close(f);
-        }
+        int rc = read_state(resume, &config, &from_step, err);
+        if (rc)
+            return rc;
     } else {
         checkpoint *ck;
         int rc = checkpoint_open(&ck, c->model, (sd_version)c->version, err);
@@ -195,33 +262,131 @@ static int start_record(recorder *rec, ti_config *c, const char *resume, int ste
             return rc;
         snprintf(c->model_sha256, sizeof c->model_sha256, "%s", sha);
         model = c->model;
-        config = ti_config_to_json(c);
+        ti_config abs = *c;
+        if (strlen(out_dir) < sizeof abs.out_dir)
+            strcpy(abs.out_dir, out_dir);
+        config = ti_config_to_json(&abs);
     }
-    /* A resumed run is described by its saved configuration. */
     cJSON *saved = resume && config ? cJSON_Parse(config) : NULL;
-    const cJSON *token = cJSON_GetObjectItemCaseSensitive(saved, "token");
-    const cJSON *init = cJSON_GetObjectItemCaseSensitive(saved, "init_word");
-    const cJSON *images = cJSON_GetObjectItemCaseSensitive(saved, "images");
-    const cJSON *steps = cJSON_GetObjectItemCaseSensitive(saved, "steps");
-    ledger_run run = {
-        .kind = "train", .config_json = config ? config : "{}",
-        .trigger = resume ? cJSON_GetStringValue(token) : c->token,
-        .initializer = resume ? cJSON_GetStringValue(init) : c->init_word,
-        .images_dir = resume ? cJSON_GetStringValue(images) : c->images,
-        .image_hashes_json = "[]", .backend = be->name, .precision = "fp32",
-        .coin_version = COIN_VERSION,
-        .steps_planned = resume && cJSON_IsNumber(steps) && !steps_given ? (int)steps->valuedouble
-                                                                          : c->steps};
-    record_start(rec, &run, model, sha, version);
+    ledger_run run;
+    describe_run(&run, c, saved, config ? config : "{}", out_dir, steps_given, be);
+    int64_t existing = job_run;
+    if (!existing && resume) {
+        ledger *l;
+        if (cli_open_ledger(&l, NULL) == 0) {
+            ledger_find_run_by_dir(l, out_dir, &existing, NULL);
+            ledger_close(l);
+        }
+    }
+    if (existing) {
+        record_attach(rec, existing, &run, model, sha, version, from_step);
+        /* The checkpoint resumed from may have been written just before a
+         * crash took its ledger row with it. */
+        char step_file[4200];
+        snprintf(step_file, sizeof step_file, "%s/learned_embeds-steps-%d.safetensors", out_dir,
+                 from_step);
+        if (resume && path_exists(step_file))
+            record_checkpoint(rec, from_step, step_file);
+    } else {
+        record_start(rec, &run, model, sha, version);
+    }
     cJSON_Delete(saved);
     free(config);
     return 0;
 }
 
+/* Queues the run for the worker (`coin train` without --foreground): a
+ * new run is recorded as queued with what is known before the model is
+ * hashed; a resumed one continues its own row.  job_argv is the command
+ * line as given (without the job flags). */
+static int queue_train(ti_config *c, const char *resume, int steps_given, const coin_backend *be,
+                       int job_argc, char **job_argv, const job_flags *jf)
+{
+    coin_error err = {0};
+    char out_dir[4096], *config = NULL, steps_text[16];
+    int from_step = 0;
+    absolute_path(resume ? resume : c->out_dir, out_dir, sizeof out_dir);
+    if (resume) {
+        if (read_state(resume, &config, &from_step, &err))
+            return cli_report(&err);
+    } else {
+        char state[4200];
+        snprintf(state, sizeof state, "%s/state.safetensors", out_dir);
+        if (path_exists(state)) {
+            coin_fail(&err, COIN_EINVAL, "%s already holds a training run; continue it with "
+                      "coin train --resume %s, or choose another output folder", c->out_dir,
+                      c->out_dir);
+            return cli_report(&err);
+        }
+        ti_config abs = *c;
+        if (strlen(out_dir) < sizeof abs.out_dir)
+            strcpy(abs.out_dir, out_dir);
+        config = ti_config_to_json(&abs);
+    }
+    cJSON *saved = resume && config ? cJSON_Parse(config) : NULL;
+    ledger_run run;
+    describe_run(&run, c, saved, config ? config : "{}", out_dir, steps_given, be);
+    char host[256] = "";
+    gethostname(host, sizeof host - 1);
+    run.host = host;
+    ledger *l = NULL;
+    int64_t id = 0;
+    int rc = cli_open_ledger(&l, &err);
+    if (!rc && resume)
+        rc = ledger_find_run_by_dir(l, out_dir, &id, &err);
+    if (!rc && id) {
+        ledger_run old;
+        if (!(rc = ledger_get_run(l, id, &old, &err))) {
+            if (!strcmp(old.status, "running") || !strcmp(old.status, "queued"))
+                rc = coin_fail(&err, COIN_EINVAL, "run %lld (%s) is %s already; follow it with "
+                               "coin show run %lld", (long long)id, out_dir, old.status,
+                               (long long)id);
+            ledger_run_free(&old);
+        }
+        if (!rc)
+            rc = ledger_update_run(l, id, &run, &err);
+    } else if (!rc) {
+        rc = ledger_insert_run(l, &run, &id, &err);
+    }
+    /* A resumed run's job is the resumption itself, from its folder. */
+    char *resume_args[] = {"train", "--resume", out_dir, "--steps", steps_text, NULL};
+    snprintf(steps_text, sizeof steps_text, "%d", c->steps);
+    const char *device = job_device(be->name);
+    if (!rc)
+        rc = resume ? job_queue(l, id, steps_given ? 5 : 3, resume_args, device, &err)
+                    : job_queue(l, id, job_argc, job_argv, device, &err);
+    cJSON_Delete(saved);
+    free(config);
+    ledger_close(l);
+    if (rc)
+        return cli_report(&err);
+    return job_hand_over(id, device, jf);
+}
+
+static int train_main(int argc, char **argv, int job_argc, char **job_argv, const job_flags *jf);
+
 int cmd_train(int argc, char **argv)
 {
+    job_flags jf;
+    int rc = job_take_flags(&argc, argv, &jf, "train");
+    if (rc)
+        return rc;
+    /* The command line as given, for the job (getopt reorders argv). */
+    char **job_argv = calloc((size_t)argc + 1, sizeof *job_argv);
+    if (!job_argv) {
+        fprintf(stderr, "coin: out of memory\n");
+        return 1;
+    }
+    memcpy(job_argv, argv, (size_t)argc * sizeof *argv);
+    rc = train_main(argc, argv, argc, job_argv, &jf);
+    free(job_argv);
+    return rc;
+}
+
+static int train_main(int argc, char **argv, int job_argc, char **job_argv, const job_flags *jf)
+{
     enum { O_NOSCALE = 256, O_SCHED, O_WARMUP, O_ACCUM, O_CLIP, O_SAVE, O_CKPT, O_PREV,
-           O_PPROMPT, O_PSTEPS, O_PSEED, O_RESUME, O_CROP, O_RES, O_VEC, O_TPL, O_DETACH };
+           O_PPROMPT, O_PSTEPS, O_PSEED, O_RESUME, O_CROP, O_RES, O_VEC, O_TPL };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"images", required_argument, 0, 'i'},
         {"token", required_argument, 0, 't'}, {"init", required_argument, 0, 'I'},
@@ -236,14 +401,14 @@ int cmd_train(int argc, char **argv)
         {"previews", required_argument, 0, O_PREV}, {"preview-prompt", required_argument, 0, O_PPROMPT},
         {"preview-steps", required_argument, 0, O_PSTEPS}, {"preview-seed", required_argument, 0, O_PSEED},
         {"version", required_argument, 0, 'v'}, {"backend", required_argument, 0, 'B'},
-        {"resume", required_argument, 0, O_RESUME}, {"detach", no_argument, 0, O_DETACH},
+        {"resume", required_argument, 0, O_RESUME},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     ti_config c;
     ti_config_defaults(&c);
     const char *backend = "auto", *resume = NULL;
-    int detach = 0;
     long long v;
     int c_opt, steps_given = 0, rc = 0;
+    optind = 0;     /* a fresh getopt scan (tests call commands in-process) */
     while ((c_opt = getopt_long(argc, argv, "m:i:t:I:o:l:s:b:S:v:B:h", opts, NULL)) != -1) {
         switch (c_opt) {
         case 'h': fputs(TRAIN_HELP, stdout); return 0;
@@ -258,7 +423,6 @@ int cmd_train(int argc, char **argv)
             break;
         case 'B': backend = optarg; break;
         case O_RESUME: resume = optarg; break;
-        case O_DETACH: detach = 1; break;
         case O_CROP: c.center_crop = 1; break;
         case O_NOSCALE: c.scale_lr = 0; break;
         case O_CKPT: c.checkpointing = 1; break;
@@ -322,28 +486,70 @@ int cmd_train(int argc, char **argv)
 
     coin_error err = {0};
     const coin_backend *be;
-    if (backend_by_name(&be, backend, &err))
+    if (backend_by_name(&be, backend, &err)) {
+        if (jf->job_run)
+            record_job_failed(jf->job_run, err.msg);
         return cli_report(&err);
-    if (detach && (rc = detach_from_terminal(resume ? resume : c.out_dir)))
-        return rc;
+    }
+    if (!jf->foreground)
+        return queue_train(&c, resume, steps_given, be, job_argc, job_argv, jf);
     struct sigaction sa = {.sa_handler = on_sigint};
     sigaction(SIGINT, &sa, NULL);
     train_view view = {0};
     ti_result res;
-    if (start_record(&view.rec, &c, resume, steps_given, be, &err))
+    if (start_record(&view.rec, &c, resume, steps_given, jf->job_run, be, &err)) {
+        if (jf->job_run)
+            record_job_failed(jf->job_run, err.msg);
         return cli_report(&err);
+    }
+    /* The saved configuration decides for a resumed run. */
+    char out_dir[4096];
+    absolute_path(resume ? resume : c.out_dir, out_dir, sizeof out_dir);
+    view.out_dir = out_dir;
+    view.save_every = c.save_every;
+    if (resume) {
+        char *config;
+        int at;
+        if (read_state(resume, &config, &at, NULL) == 0) {
+            cJSON *saved = cJSON_Parse(config);
+            const cJSON *every = cJSON_GetObjectItemCaseSensitive(saved, "save_every");
+            if (cJSON_IsNumber(every) && every->valuedouble >= 1)
+                view.save_every = (int)every->valuedouble;
+            cJSON_Delete(saved);
+            free(config);
+        }
+    }
     rc = resume ? ti_resume(resume, steps_given ? c.steps : 0, be, on_report, &view, &res, &err)
                 : ti_train(&c, be, on_report, &view, &res, &err);
     if (view.started && view.bar.tty)
         fputc('\n', stderr);
+    const char *dir = resume ? resume : c.out_dir;
+    if (rc && (job_disk_full(err.msg) || view.rec.disk_full)) {
+        /* Nothing is lost: the last checkpoint is intact, and every write
+         * goes to a temporary first.  Pause, to be resumed. */
+        char why[COIN_ERROR_MSG_MAX + 400];
+        snprintf(why, sizeof why, "the disk is full (%s); the last checkpoint is intact: free "
+                 "some space, then continue with coin resume %lld", err.msg,
+                 (long long)view.rec.run);
+        record_finish(&view.rec, "paused", why);
+        fprintf(stderr, "coin: paused: %s\n", why);
+        return 1;
+    }
+    if (!rc && view.rec.disk_full) {
+        char why[400];
+        snprintf(why, sizeof why, "the disk is full (the ledger could not record the run); "
+                 "free some space, then continue with coin resume %lld", (long long)view.rec.run);
+        record_finish(&view.rec, "paused", why);
+        fprintf(stderr, "coin: paused: %s\n", why);
+        return 1;
+    }
     record_finish(&view.rec, rc ? "failed" : view.requested ? view.requested
                              : res.stopped ? "stopped" : "done", rc ? err.msg : NULL);
     if (rc)
         return cli_report(&err);
-    const char *dir = resume ? resume : c.out_dir;
     if (res.stopped)
-        fprintf(stderr, "stopped at step %d; continue with: coin train --resume %s\n",
-                res.steps_done, dir);
+        fprintf(stderr, "stopped at step %d; continue with: coin train --resume %s%s\n",
+                res.steps_done, dir, view.rec.run ? "" : "");
     printf("%s\n", res.embedding);
     return 0;
 }

@@ -67,6 +67,7 @@ int main(int argc, char **argv)
         {"stop", cmd_control},
         {"resume", cmd_control},
         {"export", cmd_export},
+        {"worker", cmd_worker},
     };
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(cmd, commands[i].name))

@@ -40,7 +40,7 @@ void progress_update(progress *p, int done)
     if (!p->tty && now - p->last < 5.0 && done < p->total)
         return;
     p->last = now;
-    double rate = elapsed > 0 ? done / elapsed : 0;
+    double rate = elapsed > 0 && done > p->base ? (done - p->base) / elapsed : 0;
     char eta[32] = "?";
     if (rate > 0)
         format_duration(eta, sizeof eta, (p->total - done) / rate);

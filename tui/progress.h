@@ -12,6 +12,8 @@ typedef struct progress {
     double start, last;
     int tty;
     int printed;
+    int base;           /* units already done at start (a follower joining a
+                         * run midway): the rate counts only those after */
 } progress;
 
 /* Starts a progress line for `total` units of work called `what`. */

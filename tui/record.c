@@ -11,6 +11,9 @@
 
 static void warn(recorder *r, const coin_error *err)
 {
+    /* SQLite's SQLITE_FULL says "database or disk is full". */
+    if (strstr(err->msg, "disk is full") || strstr(err->msg, "No space left"))
+        r->disk_full = 1;
     fprintf(stderr, "warning: the run ledger: %s%s\n", err->msg,
             r->l ? "" : " (the job goes on unrecorded)");
 }
@@ -39,26 +42,52 @@ int cli_open_ledger(ledger **l, coin_error *err)
     return rc;
 }
 
-void record_start(recorder *r, ledger_run *run, const char *model_path,
-                  const char *model_sha256, int version)
+/* Opens the ledger and records the model; 0 when the ledger is usable. */
+static int open_for_run(recorder *r, ledger_run *run, const char *model_path,
+                        const char *model_sha256, int version, char *host, size_t host_len)
 {
     memset(r, 0, sizeof *r);
     coin_error err = {0};
-    char host[256];
     if (cli_open_ledger(&r->l, &err)) {
         r->l = NULL;
         warn(r, &err);
-        return;
+        return -1;
     }
-    host_name(host, sizeof host);
+    host_name(host, host_len);
     run->host = host;
     int64_t model = 0;
     if (model_path && model_sha256 && model_sha256[0] &&
         ledger_upsert_model(r->l, model_path, model_sha256, version, &model, &err))
         warn(r, &err);
     run->model_id = model;
+    return 0;
+}
+
+void record_start(recorder *r, ledger_run *run, const char *model_path,
+                  const char *model_sha256, int version)
+{
+    char host[256];
+    coin_error err = {0};
+    if (open_for_run(r, run, model_path, model_sha256, version, host, sizeof host))
+        return;
     if (ledger_insert_run(r->l, run, &r->run, &err) ||
         ledger_set_run_status(r->l, r->run, "running", NULL, &err)) {
+        warn(r, &err);
+        ledger_close(r->l);
+        r->l = NULL;
+    }
+}
+
+void record_attach(recorder *r, int64_t run, ledger_run *desc, const char *model_path,
+                   const char *model_sha256, int version, int from_step)
+{
+    char host[256];
+    coin_error err = {0};
+    if (open_for_run(r, desc, model_path, model_sha256, version, host, sizeof host))
+        return;
+    r->run = run;
+    if (ledger_update_run(r->l, run, desc, &err) ||
+        ledger_resume_run(r->l, run, from_step, &err)) {
         warn(r, &err);
         ledger_close(r->l);
         r->l = NULL;
@@ -143,8 +172,18 @@ void record_finish(recorder *r, const char *status, const char *error)
         return;
     coin_error err = {0};
     record_flush(r);
-    if (ledger_set_run_status(r->l, r->run, status, error, &err))
+    if (ledger_finish_run(r->l, r->run, status, error, NULL, &err))
         warn(r, &err);
     ledger_close(r->l);
     r->l = NULL;
+}
+
+void record_job_failed(int64_t run, const char *msg)
+{
+    ledger *l;
+    coin_error err = {0};
+    recorder none = {0};
+    if (cli_open_ledger(&l, &err) || ledger_set_run_status(l, run, "failed", msg, &err))
+        warn(&none, &err);
+    ledger_close(l);
 }

@@ -16,6 +16,7 @@
 typedef struct recorder {
     ledger *l;                  /* NULL: no ledger this time */
     int64_t run;
+    int disk_full;              /* a ledger write failed for want of space */
     int n;                      /* buffered losses */
     int steps[RECORD_BATCH];
     float loss[RECORD_BATCH], lr[RECORD_BATCH];
@@ -30,6 +31,13 @@ int cli_open_ledger(ledger **l, coin_error *err);
  * model_sha256 and version (1, 2 or 0) identify the model. */
 void record_start(recorder *r, ledger_run *run, const char *model_path,
                   const char *model_sha256, int version);
+/* As record_start for run, already in the ledger (a queued job, or a
+ * training run being resumed): fills in its description (NULL fields keep
+ * what is recorded), forgets what it recorded after step from_step (the
+ * checkpoint it continues from; 0 for a job starting afresh) and marks it
+ * running. */
+void record_attach(recorder *r, int64_t run, ledger_run *desc, const char *model_path,
+                   const char *model_sha256, int version, int from_step);
 /* Buffers one training step's loss; writes a batch when the buffer fills. */
 void record_loss(recorder *r, int step, float loss, float lr);
 /* Writes buffered losses. */
@@ -44,5 +52,10 @@ const char *record_requested(recorder *r);
 /* Flushes, sets the final status ("done", "stopped", "failed") with the
  * error text, and closes the ledger. */
 void record_finish(recorder *r, const char *status, const char *error);
+
+/* For a queued job (run) that failed before it could start recording
+ * (a model that does not load, a size the model cannot make): marks it
+ * failed with msg, so that whoever follows it sees why. */
+void record_job_failed(int64_t run, const char *msg);
 
 #endif
