@@ -422,11 +422,6 @@ const char *ledger_path(const ledger *l)
     return l->path;
 }
 
-sqlite3 *ledger_sqlite(ledger *l)
-{
-    return l->db;
-}
-
 /* ---- one-statement writes ---------------------------------------------- */
 
 /* Steps a prepared write to its end inside BEGIN IMMEDIATE ... COMMIT and

@@ -44,10 +44,6 @@ int ledger_open(ledger **out, const char *path, coin_error *err);
 void ledger_close(ledger *l);
 /* The path l was opened with. */
 const char *ledger_path(const ledger *l);
-/* The SQLite connection behind l, for the read-side queries of
- * db/ledger_query.c; it stays owned by l. */
-struct sqlite3;
-struct sqlite3 *ledger_sqlite(ledger *l);
 
 /* Records a model by content: one row per sha256 (a moved file keeps its id
  * and gets the new path).  version: 1 or 2 as detected, 0 unknown.  *id (may

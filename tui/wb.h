@@ -78,18 +78,16 @@ typedef struct wb_cmd {
     size_t n_out, n_err;
     wb_cmd_done done;
     void *ctx;
-    char **argv;                /* kept for a retry without --no-follow */
+    char **argv;                /* freed when the command ends */
 } wb_cmd;
 
 /* Runs `coin ARGS...` (this very binary) in the background with its output
  * captured; done is called from the main loop when it ends.  0 or -1 (with
  * a message shown). */
 int wb_command(struct wb *w, char *const args[], wb_cmd_done done, void *ctx);
-/* Starts a job: `coin train|sample ARGS --no-follow`, which queues it in
- * the ledger for a detached worker and prints the new run's id; done gets
- * the id in out.  Where this coin has no --no-follow yet it falls back to
- * `coin train ... --detach`, or a detached `coin sample`, and done gets an
- * empty out.  The one place that knows how a job is started. */
+/* Starts a job: `coin train|sample|resume ARGS --no-follow`, which queues
+ * it in the ledger for a detached worker and prints the run's id; done gets
+ * the id in out.  The one place that knows how a job is started. */
 int wb_start_job(struct wb *w, char *const args[], wb_cmd_done done, void *ctx);
 /* The fds to poll and, after poll, reads them and finishes ended commands. */
 int wb_cmd_fds(struct wb *w, int *fds, int cap);
@@ -135,6 +133,7 @@ typedef struct wb_run_state {
     double rate_t0;             /* it/s: step and time of the first sight */
     int rate_s0;
     double rate;
+    char last_status[16];       /* to notice a run that starts again */
     int loaded;
 } wb_run_state;
 

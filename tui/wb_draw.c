@@ -18,8 +18,6 @@
 #include "tui/plot.h"
 #include "tui/wb.h"
 
-#pragma weak termimg_render
-
 void draw_init_colors(wb *w)
 {
     int rich = COLORS >= 256;
@@ -301,7 +299,7 @@ void draw_image(wb *w, int y, int x, int rows, int cols, const char *path)
         for (int c = 0; c < cols; c++)
             addch(' ');
     }
-    if (!termimg_render || w->caps.gfx == GFX_NONE) {
+    if (w->caps.gfx == GFX_NONE) {
         /* No pictures on this terminal: say what would be there. */
         draw_textf(w, y + rows / 2, x, cols, draw_attr(w, CP_DIM, A_DIM), "[%s]", base_name(path));
         return;

@@ -54,20 +54,19 @@ static void append_log(wb *w, const char *text, size_t n)
     close(fd);
 }
 
-/* Starts argv (argv[0] "coin") with stdout and stderr piped back, or, when
- * detached, with both going to the log and nothing to wait for. */
-static int spawn(wb *w, char **argv, wb_cmd_done done, void *ctx, int detached)
+/* Starts argv (argv[0] "coin") with stdout and stderr piped back. */
+static int spawn(wb *w, char **argv, wb_cmd_done done, void *ctx)
 {
     int slot = -1;
     for (int i = 0; i < WB_MAX_CMDS && slot < 0; i++)
         if (!w->cmds[i].pid)
             slot = i;
-    if (slot < 0 && !detached) {
+    if (slot < 0) {
         wb_message(w, 1, "too many commands at once; wait for one to finish");
         return -1;
     }
     int out[2] = {-1, -1}, errp[2] = {-1, -1};
-    if (!detached && (pipe2(out, O_CLOEXEC) || pipe2(errp, O_CLOEXEC))) {
+    if (pipe2(out, O_CLOEXEC) || pipe2(errp, O_CLOEXEC)) {
         wb_message(w, 1, "cannot start coin %s: %s", argv[1], strerror(errno));
         return -1;
     }
@@ -80,24 +79,11 @@ static int spawn(wb *w, char **argv, wb_cmd_done done, void *ctx, int detached)
         setsid();
         int null = open("/dev/null", O_RDWR);
         dup2(null, STDIN_FILENO);
-        if (detached) {
-            /* a second fork, so the job is nobody's child */
-            if (fork() != 0)
-                _exit(0);
-            int log = open(w->log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
-            dup2(log >= 0 ? log : null, STDOUT_FILENO);
-            dup2(log >= 0 ? log : null, STDERR_FILENO);
-        } else {
-            dup2(out[1], STDOUT_FILENO);
-            dup2(errp[1], STDERR_FILENO);
-        }
+        dup2(out[1], STDOUT_FILENO);
+        dup2(errp[1], STDERR_FILENO);
         signal(SIGPIPE, SIG_DFL);
         execv("/proc/self/exe", argv);
         _exit(127);
-    }
-    if (detached) {
-        waitpid(pid, NULL, 0);
-        return 0;
     }
     close(out[1]);
     close(errp[1]);
@@ -119,70 +105,23 @@ int wb_command(wb *w, char *const args[], wb_cmd_done done, void *ctx)
     char **argv = copy_args(args, NULL);
     if (!argv)
         return -1;
-    if (spawn(w, argv, done, ctx, 0)) {
+    if (spawn(w, argv, done, ctx)) {
         free_args(argv);
         return -1;
     }
     return 0;
 }
 
-/* When `--no-follow` is unknown to this coin (getopt says so and the exit
- * status is 2), the job is started the older way. */
-typedef struct job_retry {
-    wb_cmd_done done;
-    void *ctx;
-    char **argv;            /* without --no-follow */
-} job_retry;
-
-static void job_started(wb *w, void *ctx, int status, const char *out, const char *errs)
-{
-    job_retry *r = ctx;
-    if (status == 2 && strstr(errs, "no-follow")) {
-        char **argv = r->argv;
-        if (!strcmp(argv[1], "train")) {
-            /* coin train --detach: it prints where its log is, not an id. */
-            int n = 0;
-            while (argv[n])
-                n++;
-            char **v = realloc(argv, (size_t)(n + 2) * sizeof *v);
-            if (v) {
-                v[n] = strdup("--detach");
-                v[n + 1] = NULL;
-                r->argv = NULL;
-                if (spawn(w, v, r->done, r->ctx, 0))
-                    free_args(v);
-            }
-        } else {
-            /* coin sample has no background mode of its own: run it detached. */
-            if (spawn(w, argv, NULL, NULL, 1) == 0 && r->done)
-                r->done(w, r->ctx, 0, "", "");
-        }
-        free_args(r->argv);
-        free(r);
-        return;
-    }
-    if (r->done)
-        r->done(w, r->ctx, status, out, errs);
-    free_args(r->argv);
-    free(r);
-}
-
 int wb_start_job(wb *w, char *const args[], wb_cmd_done done, void *ctx)
 {
-    job_retry *r = calloc(1, sizeof *r);
+    /* --no-follow: queue the job, make sure a worker runs it, print the id */
     char **argv = copy_args(args, "--no-follow");
-    if (!r || !argv || !(r->argv = copy_args(args, NULL))) {
-        free(r);
-        free_args(argv);
+    if (!argv) {
         wb_message(w, 1, "out of memory");
         return -1;
     }
-    r->done = done;
-    r->ctx = ctx;
-    if (spawn(w, argv, job_started, r, 0)) {
+    if (spawn(w, argv, done, ctx)) {
         free_args(argv);
-        free_args(r->argv);
-        free(r);
         return -1;
     }
     return 0;
@@ -274,11 +213,6 @@ void wb_cmd_free_all(wb *w)
         free(c->out);
         free(c->errs);
         free_args(c->argv);
-        if (c->done == job_started) {
-            job_retry *r = c->ctx;
-            free_args(r->argv);
-            free(r);
-        }
         memset(c, 0, sizeof *c);
     }
 }

@@ -29,9 +29,6 @@
 #include "tui/record.h"
 #include "tui/wb.h"
 
-/* The graphics module is built by another part of the project; until it
- * is linked in, the workbench asks nothing and draws no images. */
-#pragma weak termcaps_query
 
 static volatile sig_atomic_t curses_on;
 static int saved_stderr = -1;  /* the terminal's stderr while ours goes to the log */
@@ -99,17 +96,7 @@ static void query_caps(wb *w)
     memset(&w->caps, 0, sizeof w->caps);
     const char *cs = nl_langinfo(CODESET);
     int utf8 = cs && (!strcmp(cs, "UTF-8") || !strcmp(cs, "utf8"));
-    if (termcaps_query) {
-        termcaps_query(STDIN_FILENO, STDOUT_FILENO, 300, &w->caps);
-    } else {
-        const char *term = getenv("TERM"), *ct = getenv("COLORTERM");
-        const char *nc = getenv("NO_COLOR");
-        w->caps.utf8 = utf8;
-        w->caps.colors = nc && *nc ? 0
-                         : ct && (strstr(ct, "truecolor") || strstr(ct, "24bit")) ? 16777216
-                         : term && strstr(term, "256") ? 256 : term && strcmp(term, "dumb") ? 8 : 0;
-        w->caps.gfx = GFX_NONE;
-    }
+    termcaps_query(STDIN_FILENO, STDOUT_FILENO, 300, &w->caps);
     w->utf8 = utf8;
     const char *nc = getenv("NO_COLOR");
     w->colors = nc && *nc ? 0 : w->caps.colors;

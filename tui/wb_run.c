@@ -119,6 +119,11 @@ void run_reload(wb *w)
         wb_open_screen(w, SCR_RUNS);
         return;
     }
+    /* A resumed run trains the steps after its checkpoint again and
+     * overwrites their losses: read its curve afresh when it starts again. */
+    if (s->loaded && strcmp(s->last_status, "running") && !strcmp(s->run.status, "running"))
+        free_curve(s);
+    snprintf(s->last_status, sizeof s->last_status, "%s", s->run.status);
     /* the new tail of the curve */
     size_t old = s->n;
     int last = s->n ? s->steps[s->n - 1] : 0;
@@ -300,9 +305,12 @@ void run_draw(wb *w)
 
 static void control_done(wb *w, void *ctx, int status, const char *out, const char *errs)
 {
-    (void)ctx;
+    const char *verb = ctx;
     char line[300];
-    if (status == 0) {
+    if (status == 0 && !strcmp(verb, "resume")) {
+        snprintf(line, sizeof line, "run %lld queued to go on from its last checkpoint",
+                 atoll(out));
+    } else if (status == 0) {
         snprintf(line, sizeof line, "%s", out);
         char *nl = strchr(line, '\n');
         if (nl)
@@ -317,8 +325,9 @@ static void control(wb *w, const char *verb)
 {
     char id[24];
     snprintf(id, sizeof id, "%lld", (long long)w->run.id);
-    char *args[] = {(char *)verb, id, NULL};
-    if (wb_command(w, args, control_done, NULL) == 0)
+    /* resume queues the run again: without --no-follow it would follow it */
+    char *args[] = {(char *)verb, id, !strcmp(verb, "resume") ? "--no-follow" : NULL, NULL};
+    if (wb_command(w, args, control_done, (void *)verb) == 0)
         wb_message(w, 0, "coin %s %s ...", verb, id);
 }
 
