@@ -422,3 +422,66 @@ TEST(ledger_query_data_version_sees_other_connections_only)
     ledger_close(other);
     ledger_close(l);
 }
+
+/* The ASCII and monochrome fallbacks: with LANG=C and NO_COLOR the screen
+ * holds no byte above 0x7f and no colour code, yet shows the run. */
+TEST(workbench_ascii_and_no_color_in_tmux)
+{
+    if (sh("tmux -V >/dev/null 2>&1") != 0) {
+        test_skip("tmux is not installed");
+        return;
+    }
+    const char *dir = test_tmpdir();
+    char home[900], path[1000];
+    REQUIRE(getcwd(repo, sizeof repo));
+    snprintf(sock, sizeof sock, "%s/tmux-ascii.sock", dir);
+    snprintf(home, sizeof home, "%s/home", dir);
+    REQUIRE(sh("mkdir -p %s", home) == 0);
+    snprintf(path, sizeof path, "%s/ledger.db", home);
+    ledger *l = NULL;
+    coin_error err = {0};
+    REQUIRE_OK(ledger_open(&l, path, &err), &err);
+    ledger_run r = {.kind = "train", .trigger = "<asc>", .status = "done", .steps_planned = 40};
+    int64_t id;
+    REQUIRE_OK(ledger_insert_run(l, &r, &id, &err), &err);
+    int steps[40];
+    float loss[40];
+    for (int i = 0; i < 40; i++) {
+        steps[i] = i + 1;
+        loss[i] = 1.0f / (i + 1);
+    }
+    REQUIRE_OK(ledger_record_losses(l, id, steps, loss, NULL, 40, &err), &err);
+    ledger_close(l);
+    REQUIRE(sh("tmux -S %s -f /dev/null new-session -d -s wb -x 100 -y 30 'sleep 600'", sock) == 0);
+    sh("tmux -S %s set-option -g status off", sock);
+    sh("tmux -S %s respawn-pane -k -t wb -c %s \"env COIN_HOME=%s NO_COLOR=1 LANG=C LC_ALL=C "
+       "%s/bin/coin\"", sock, repo, home, repo);
+    CHECK(wait_for("<asc>", 20));
+    keys("Enter");
+    CHECK(wait_for("Run 1  <asc>", 10));
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "tmux -S %s capture-pane -e -p -t wb", sock);
+    FILE *p = popen(cmd, "r");
+    size_t n = p ? fread(scr, 1, sizeof scr - 1, p) : 0;
+    scr[n] = '\0';
+    if (p)
+        pclose(p);
+    int high = 0, colour = 0;
+    for (size_t i = 0; i < n; i++) {
+        high += (unsigned char)scr[i] >= 0x80;
+        /* SGR 30-37/38 (foreground) or 40-47/48 (background) */
+        if (scr[i] == '\033' && scr[i + 1] == '[')
+            for (size_t k = i + 2; k < n && scr[k] != 'm' && k < i + 40; k++)
+                if ((scr[k] == '3' || scr[k] == '4') && scr[k + 1] >= '0' && scr[k + 1] <= '8' &&
+                    (scr[k - 1] == '[' || scr[k - 1] == ';'))
+                    colour++;
+    }
+    CHECK_MSG(high == 0, "%d bytes above 0x7f on an ASCII screen", high);
+    CHECK_MSG(colour == 0, "%d colour codes with NO_COLOR", colour);
+    /* the plot is drawn with ASCII dots instead of braille */
+    CHECK(strstr(scr, "Loss  linear") != NULL);
+    CHECK(strchr(scr, ':') != NULL && strchr(scr, '\'') != NULL);
+    keys("q");
+    usleep(200000);
+    sh("tmux -S %s kill-server 2>/dev/null", sock);
+}

@@ -423,9 +423,9 @@ static void check_ledger(wb *w)
         w->data_version = v;
         w->reload = 1;
     }
-    /* Clocks, rates and the "live" look want a refresh now and then while
-     * jobs run, even between the worker's commits. */
-    if (w->active_jobs && now - w->last_reload > 0.5)
+    /* A run's rate and time left move between the worker's commits; the
+     * other screens show nothing that changes without a commit. */
+    if (w->active_jobs && w->screen == SCR_RUN && now - w->last_reload > 0.5)
         w->reload = 1;
     if (w->msg[0] && now >= w->msg_until) {
         w->msg[0] = '\0';
