@@ -153,11 +153,13 @@ void run_reload(wb *w)
     }
     if (s->overlay && !s->o_n)
         lq_losses_after(w->l, s->overlay, 0, &s->o_steps, &s->o_loss, NULL, &s->o_n, &err);
+    /* a selection on the newest checkpoint follows the new ones */
+    int on_newest = s->ck_sel < 0 || s->ck_sel == (int)s->n_ck - 1;
     free(s->ck);
     s->ck = NULL;
     if (lq_checkpoints(w->l, s->id, &s->ck, &s->n_ck, &err))
         wb_message(w, 1, "%s", err.msg);
-    if (s->ck_sel < 0 || s->ck_sel >= (int)s->n_ck)
+    if (on_newest || s->ck_sel >= (int)s->n_ck)
         s->ck_sel = s->n_ck ? (int)s->n_ck - 1 : -1;
     /* it/s from what we have watched; before that, from the start time */
     double now = wb_now();
