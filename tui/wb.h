@@ -205,6 +205,7 @@ typedef struct wb {
     int msg_bad;
     double msg_until;
     wb_dialog dlg;
+    int dlg_shown;              /* the last frame had a dialog */
     wb_placement img[16];
     int n_img;
     char img_sig[4096];         /* what was drawn last time, to redraw only on change */

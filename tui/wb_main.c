@@ -187,6 +187,7 @@ static const char HELP[] =
     "  Ctrl-U clear the field                Space or Left/Right change a choice\n"
     "  Ctrl-G  F5   start the job            Ctrl-T insert the trigger word (prompts)\n"
     "  Ctrl-R       a new random seed\n"
+    "  PgUp PgDn    (Sample, opened from a run) the run's previous / next checkpoint\n"
     "\n"
     "Browse: Tab moves between the filter and the list; the list follows the filter\n"
     "Evaluate: Ctrl-G queues every subject x count from the run's checkpoint;\n"
@@ -241,9 +242,15 @@ static void draw_all(wb *w)
                                                              : draw_attr(w, CP_OK, A_BOLD), w->msg);
         }
         if (w->dlg.kind) {
-            w->n_img = 0;   /* pictures never show through a dialog */
+            /* Pictures are not curses' cells: the first frame of a dialog
+             * repaints the whole screen to wipe them, and none is drawn
+             * until the dialog closes (which repaints again). */
+            if (!w->dlg_shown)
+                w->full_redraw = 1;
+            w->n_img = 0;
             draw_dialog(w);
         }
+        w->dlg_shown = w->dlg.kind != 0;
     }
     if (w->full_redraw)
         clearok(curscr, TRUE);

@@ -223,7 +223,8 @@ void sample_draw(wb *w)
     draw_results(w, s->res, s->n_res, s->sel, s->focus == 1, grid_rows, 2, fw + 1,
                  w->rows - 5, w->cols - fw - 1);
     static const char *const form_keys[] = {"^G", "Generate", "Tab", "Images", "^R", "Seed",
-                                            "^T", "Trigger", "Esc", "Back", "F1", "Help", NULL};
+                                            "^T", "Trigger", "PgUp/Dn", "Checkpoint", "Esc",
+                                            "Back", "F1", "Help", NULL};
     static const char *const res_keys[] = {"y", "Good", "n", "Bad", "r", "Regen", "i", "Info",
                                            "p", "Path", "Tab", "Form", "Esc", "Back", "?", "Help",
                                            NULL};
@@ -396,6 +397,40 @@ static int grid_move(int *sel, int n, int per_row, wint_t ch)
     return 1;
 }
 
+/* PgUp / PgDn: the embedding of the run's previous or next checkpoint. */
+static void step_checkpoint(wb *w, int dir)
+{
+    wb_sample_state *s = &w->sample;
+    if (!s->from_run) {
+        wb_message(w, 1, "open Sample from a training run (s on its screen) to choose among its "
+                   "checkpoints");
+        return;
+    }
+    lq_checkpoint *ck = NULL;
+    size_t n = 0;
+    coin_error err = {0};
+    if (lq_checkpoints(w->l, s->from_run, &ck, &n, &err) || !n) {
+        wb_message(w, 1, "%s", n ? err.msg : "the run has no checkpoint yet");
+        free(ck);
+        return;
+    }
+    /* where the field is now, by its file */
+    const char *now = form_get(&s->form, "embedding")->value;
+    int at = -1;
+    char emb[1100];
+    for (size_t i = 0; i < n; i++) {
+        checkpoint_embedding(&ck[i], emb, sizeof emb);
+        if (!strcmp(emb, now))
+            at = (int)i;
+    }
+    at = at < 0 ? (int)n - 1 : at + dir;
+    at = at < 0 ? 0 : at >= (int)n ? (int)n - 1 : at;
+    checkpoint_embedding(&ck[at], emb, sizeof emb);
+    form_set(&s->form, "embedding", emb);
+    wb_message(w, 0, "checkpoint at step %d of run %lld", ck[at].step, (long long)s->from_run);
+    free(ck);
+}
+
 int sample_key(wb *w, int is_key, wint_t ch)
 {
     wb_sample_state *s = &w->sample;
@@ -407,6 +442,10 @@ int sample_key(wb *w, int is_key, wint_t ch)
         char seed[32];
         snprintf(seed, sizeof seed, "%llu", (unsigned long long)wb_random_seed());
         form_set(&s->form, "seed", seed);
+        return 1;
+    }
+    if (is_key && (ch == KEY_PPAGE || ch == KEY_NPAGE)) {
+        step_checkpoint(w, ch == KEY_NPAGE ? 1 : -1);
         return 1;
     }
     if (s->focus == 0) {
