@@ -145,6 +145,21 @@ TEST(workbench_end_to_end_in_tmux)
     CHECK_MSG(dots2 > 0, "no braille plot on screen:\n%s", scr);
     CHECK(strstr(scr, "it/s") != NULL);
 
+    /* clone: the form holds the run's hyperparameters, with a new folder */
+    keys("c");
+    CHECK(wait_for("New training run", 5));
+    screen(scr, sizeof scr);
+    CHECK_STR_CONTAINS(scr, "<tmx>");
+    CHECK_STR_CONTAINS(scr, "steps                    3000");
+    CHECK_STR_CONTAINS(scr, "batch                    1\n");
+    CHECK_STR_CONTAINS(scr, "checkpoint every         20\n");
+    CHECK_STR_CONTAINS(scr, "preview steps            2\n");
+    CHECK_STR_CONTAINS(scr, "/runs/tmx-2");
+    keys("Escape");
+    CHECK(wait_for("Runs: 1", 5));
+    keys("Enter");
+    CHECK(wait_for("Run 1  <tmx>", 10));
+
     /* 3. a checkpoint and its preview image, drawn in half blocks */
     CHECK(wait_for("Previews at step 20", 30));
     keys("Home");
@@ -234,10 +249,22 @@ TEST(workbench_end_to_end_in_tmux)
     keys("y");
     CHECK(wait_for("stopped", 60));
 
+    /* 8. delete the sampling run (asks first): its two images go, the
+     * training run and its files stay */
+    keys("Escape");
+    CHECK(wait_for("Runs: 2", 5));
+    keys("Home d");
+    CHECK(wait_for("Delete run 2?", 5));
+    keys("y");
+    CHECK(wait_for("run 2 deleted, 2 files only it used removed", 10));
+    CHECK(wait_for("Runs: 1", 5));
+    CHECK(sh("ls %s/samples/*-0.png %s/samples/*-1.png >/dev/null 2>&1", home, home) != 0);
+    CHECK(sh("ls %s/runs/tmx-1/learned_embeds.safetensors >/dev/null 2>&1", home) == 0);
+
     keys("q");
     CHECK(wait_for("WB-EXIT=0", 10));
 
-    /* 8. killed by a signal (a crash among them), the terminal comes back:
+    /* 9. killed by a signal (a crash among them), the terminal comes back:
      * the alternate screen and mouse reporting off */
     static const struct { const char *sig, *code; } sigs[] = {{"TERM", "WB-EXIT=143"},
                                                               {"SEGV", "WB-EXIT=139"}};
