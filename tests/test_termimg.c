@@ -33,6 +33,7 @@
 #include <pty.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <sys/ioctl.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <time.h>
@@ -1074,6 +1075,13 @@ TEST(termcaps_query_silent_terminal)
     ssize_t r = read(master, buf, sizeof buf - 1);
     CHECK(r > 0 && strstr(buf, "\033[16t") && strstr(buf, "\033[14t") &&
           strstr(buf, "\033[c") && strcmp(strstr(buf, "\033[c"), "\033[c") == 0);
+    /* a tty that knows its size in pixels gives the cell size even when the
+     * terminal says nothing */
+    struct winsize ws = {.ws_row = 24, .ws_col = 80, .ws_xpixel = 640, .ws_ypixel = 384};
+    REQUIRE(ioctl(slave, TIOCSWINSZ, &ws) == 0);
+    termcaps_query(slave, slave, 20, &c);
+    CHECK(c.cell_w == 8 && c.cell_h == 16);
+    (void)!read(master, buf, sizeof buf - 1);
     /* COIN_GRAPHICS=none wins even when the terminal could; 0 ms asks nothing */
     setenv("COIN_GRAPHICS", "none", 1);
     t0 = ms_now();

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/ioctl.h>
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
@@ -278,10 +279,28 @@ static size_t ask(int in_fd, int out_fd, int timeout_ms, char *buf, size_t cap, 
     return len;
 }
 
+/* The cell size from the tty's window size in pixels, which xterm, VTE,
+ * tmux 3.3+ (for its panes) and sshd (from the client's pty request) fill
+ * in; many terminals leave the pixel fields 0. */
+static void cell_size_from_winsize(int fd, term_caps *caps)
+{
+    struct winsize ws;
+    if (ioctl(fd, TIOCGWINSZ, &ws) != 0 || ws.ws_col == 0 || ws.ws_row == 0)
+        return;
+    int w = ws.ws_xpixel / ws.ws_col, h = ws.ws_ypixel / ws.ws_row;
+    if (w > 0 && h > 0 && w <= 1000 && h <= 1000) {
+        caps->cell_w = w;
+        caps->cell_h = h;
+    }
+}
+
 void termcaps_query(int in_fd, int out_fd, int timeout_ms, term_caps *caps)
 {
     termcaps_from_env(caps);
-    if (timeout_ms <= 0 || !isatty(in_fd) || !isatty(out_fd))
+    if (!isatty(in_fd) || !isatty(out_fd))
+        return;
+    cell_size_from_winsize(out_fd, caps);
+    if (timeout_ms <= 0)
         return;
     /* A background job must not touch the terminal (it would be stopped,
      * or steal the foreground's input).  ENOTTY: not our controlling

@@ -39,7 +39,8 @@ typedef enum { GFX_NONE = 0, GFX_BLOCKS, GFX_SIXEL } gfx_mode;
 
 typedef struct {
     gfx_mode gfx;   /* what images are drawn with */
-    int cell_w;     /* pixels per character cell; 0 when the terminal did not say */
+    int cell_w;     /* pixels per character cell; 0 when the terminal did not say
+                     * (16t answer, else 14t / 18t, else TIOCGWINSZ pixels) */
     int cell_h;
     int colors;     /* 0 (monochrome or NO_COLOR), 8, 256 or 16777216 */
     int utf8;       /* 1 when the locale is UTF-8; else ASCII fallbacks */
@@ -56,8 +57,10 @@ typedef struct {
  * so the DA1 answer ends the wait.  Waits at most timeout_ms for it, so a
  * silent terminal costs that long and no more; the tty is in non-canonical
  * no-echo mode only meanwhile, with SIGINT/SIGTERM/SIGTSTP... held back, and
- * is always restored.  Without a tty on both fds nothing is sent.  Never
- * fails: what cannot be learnt takes the safe value.
+ * is always restored.  Without a tty on both fds nothing is sent.  The
+ * cell size falls back to the tty's window size in pixels (TIOCGWINSZ),
+ * which tmux panes and ssh sessions carry.  timeout_ms <= 0 asks nothing.
+ * Never fails: what cannot be learnt takes the safe value.
  *   gfx: sixel when the DA1 answer lists attribute 4, else blocks when
  *        colors > 0, else none; COIN_GRAPHICS=sixel|blocks|none overrides
  *        (inside tmux, forced sixel goes through the passthrough).
