@@ -892,7 +892,9 @@ TEST(termcaps_parse_canned_answers)
     CHECK_EQ_INT(c.gfx, GFX_BLOCKS);
     c = PARSED("\033[?65;4;6;18;22c");
     CHECK_EQ_INT(c.gfx, GFX_SIXEL);
-    c = PARSED("\033[?1;2c");                              /* VT100 class */
+    c = PARSED("\033[?1;2c");                              /* tmux without sixel */
+    CHECK_EQ_INT(c.gfx, GFX_BLOCKS);
+    c = PARSED("\033[?4;2c");                              /* 4 as the class is not sixel */
     CHECK_EQ_INT(c.gfx, GFX_BLOCKS);
     c = PARSED("\033[?64;1;2;6;9;15;18;21;22c");          /* "14" etc. are not 4 */
     CHECK_EQ_INT(c.gfx, GFX_BLOCKS);
@@ -911,9 +913,9 @@ TEST(termcaps_parse_canned_answers)
     /* inside tmux, a DA1 with sixel comes from tmux itself: no passthrough */
     c = caps_of(GFX_BLOCKS, 256, 1, 0, 0);
     c.in_tmux = c.tmux_passthrough = 1;
-    termcaps_parse_answer("\033[?1;4c", 7, &c);            /* VT100 GPO, not sixel */
+    termcaps_parse_answer("\033[?1;2c", 7, &c);            /* tmux 3.3 without sixel */
     CHECK(c.gfx == GFX_BLOCKS && c.tmux_passthrough == 1);
-    termcaps_parse_answer("\033[?62;4c", 8, &c);
+    termcaps_parse_answer("\033[?1;2;4c", 9, &c);          /* tmux 3.4 built with sixel */
     CHECK(c.gfx == GFX_SIXEL && c.tmux_passthrough == 0 && c.in_tmux == 1);
 }
 

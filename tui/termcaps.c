@@ -125,11 +125,11 @@ static void take_sequence(char private_mark, const long *p, int np, char final,
 {
     if (final == 'c' && private_mark == '?') {
         a->da1 = 1;
-        /* The first number is the conformance level (61..65 for VT100 to
-         * VT500 style answers), the extension attributes follow.  An old
-         * VT100 answer "?1;Nc" is an option bit mask instead, where 4 is
-         * the graphics processor option, not sixel. */
-        if (np > 0 && p[0] >= 60 && p[0] <= 69)
+        /* The first number is the conformance level (61..65), the
+         * attributes follow, 4 being sixel.  tmux built with sixel answers
+         * in the VT100 form "?1;2;4c" with the same meaning (a real VT100's
+         * "4" was its graphics processor option, a museum piece). */
+        if (np > 0)
             for (int i = 1; i < np; i++)
                 if (p[i] == 4)
                     a->sixel = 1;

@@ -16,8 +16,24 @@
  * and the SGR attributes are back where they were, at the top-left cell,
  * when the bytes are written, so the caller only has to put the cursor back
  * where curses believes it is.  The image never touches cells outside
- * used_cols x used_rows; keep it off the screen's last row (a terminal that
- * scrolls after a sixel image would scroll the whole screen).
+ * used_cols x used_rows; keep it off the screen's last row (xterm scrolls
+ * the whole screen by a line after a sixel image that reaches the last
+ * row; measured with tools/screenshots).
+ *
+ * The sequence for a curses caller, per image (y, x 0-based):
+ *   doupdate();                           curses' bytes are out
+ *   getyx(curscr, cy, cx);                where curses thinks the cursor is
+ *   printf("\033[%d;%dH", y + 1, x + 1);  fwrite(bytes); printf("\033[%d;%dH",
+ *   cy + 1, cx + 1); fflush(stdout);
+ * To remove an image (dialog, screen change, resize), make curses repaint
+ * its cells: wredrawln(stdscr, y, used_rows) (then touchwin every window
+ * drawn over those lines before its wnoutrefresh, or stdscr's blanks win)
+ * or clearok(curscr, TRUE), then refresh; text written over sixel pixels
+ * erases them (xterm, checked; tools/screenshots/showimg --curses does all
+ * this).
+ * Rendering costs ~50 ms for a 512x512 image in sixel (quantisation),
+ * ~3 ms in blocks: keep the bytes per image and area, and write them again
+ * after each redraw rather than rendering again.
  *
  * Sixel output is made with libsixel (7-bit DCS, up to 256 colour
  * registers), wrapped in tmux's passthrough when tmux itself cannot show
@@ -84,8 +100,8 @@ void termcaps_from_env(term_caps *caps);
  * "\033[4;H;Wt", text area in cells "\033[8;R;Ct"), so canned answers can
  * be tested.  n may be 0.  Updates caps as termcaps_query does after
  * termcaps_from_env (which applies COIN_GRAPHICS again afterwards; this
- * function does not read the environment): a complete DA1 of the
- * conformance-level form ("?6x;...c") listing attribute 4 turns gfx to sixel and clears
+ * function does not read the environment): a complete DA1 ("?63;...c";
+ * tmux 3.4+ built with sixel: "?1;2;4c") listing attribute 4 turns gfx to sixel and clears
  * tmux_passthrough (inside tmux the answer came from a tmux that shows sixel
  * itself); a cell size is taken from 6;H;W, else from the text area's
  * pixels divided by its cells.  Other sequences, bytes outside sequences,

@@ -12,6 +12,9 @@
 #   images-blocks  the same with COIN_GRAPHICS=blocks (24-bit half-blocks)
 #   images-tmux    the same inside tmux with COIN_GRAPHICS=sixel (tmux's
 #                  passthrough)
+#   curses, curses-dialog
+#                  showimg --curses: termimg.h's recipe in a curses screen,
+#                  then with a dialog opened over the image (key d)
 #   workbench      bin/coin with no arguments (the workbench), when the tree
 #                  has it (tui/wb_*.c)
 # The showimg shots also check, through the terminal's cursor position
@@ -85,7 +88,7 @@ showimg=build/showimg
 cc -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -fopenmp -I. -o "$showimg" \
     tools/screenshots/showimg.c tui/termcaps.c tui/termimg.c build/libcoin.a \
     -L"$blas" -Wl,-rpath,"$blas" -lopenblas -lcjson -lutf8proc -lpng -lsqlite3 \
-    -lsixel -lz -lm -fopenmp
+    -lncursesw -lsixel -lz -lm -fopenmp
 
 # Demo pictures, drawn here so nothing with a licence of its own is shown:
 # a landscape at dusk (smooth gradients and flat shapes) and a colour wheel.
@@ -114,7 +117,11 @@ if [ -z "$shots" ]; then
     shots="
 images-sixel=$showimg --wait --report $reports/images-sixel $pics
 images-blocks=COIN_GRAPHICS=blocks COLORTERM=truecolor $showimg --wait --report $reports/images-blocks $pics
-images-tmux=tmux -L coin-shots -f /dev/null new-session '$tmux_cmd'"
+images-tmux=tmux -L coin-shots -f /dev/null new-session '$tmux_cmd'
+curses=$showimg --curses $demo/landscape.png
+curses-dialog=$showimg --curses $demo/landscape.png"
+    keys_spec="$keys_spec
+curses-dialog=d"
     if ls tui/wb_*.c >/dev/null 2>&1; then
         shots="$shots
 workbench=bin/coin"
@@ -154,8 +161,11 @@ printf '%s\n' "$shots" | while IFS= read -r shot; do
     keys=$(printf '%s\n' "$keys_spec" | sed -n "s/^$name=//p" | tail -1)
     win=$(xdotool search --name "$title" 2>/dev/null | head -1 || true)
     if [ -n "$keys" ] && [ -n "$win" ]; then
+        # XTEST keys to the focused window: xterm ignores sent events
+        xdotool windowfocus "$win" 2>/dev/null || true
+        sleep 0.3
         # shellcheck disable=SC2086
-        xdotool key --window "$win" --delay 150 $keys
+        xdotool key --delay 150 $keys
         sleep "$delay"
     fi
     if [ -n "$win" ]; then

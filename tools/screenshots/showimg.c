@@ -6,6 +6,7 @@
  * builds it.
  *
  *   showimg [--cols N] [--rows N] [--wait] [--report FILE] IMAGE.png...
+ *   showimg --curses IMAGE.png
  *
  * Prints what the terminal said, then the images side by side, each in
  * N x N cells (default: as large as the terminal allows), with a caption.
@@ -13,10 +14,15 @@
  * --report writes the capabilities and, for each image, where the terminal
  * says the cursor is after the image's bytes (a cursor position report):
  * termimg.h promises the top-left cell it started at.
+ * --curses follows termimg.h's recipe for a curses screen: a framed image
+ * beside text, a bottom bar; `d` opens a dialog over the image (which must
+ * vanish cleanly), any key closes it and the image comes back; `q` quits.
  */
 #include "core/image.h"
 #include "tui/termimg.h"
 
+#include <curses.h>
+#include <locale.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,9 +69,101 @@ static const char *gfx_name(gfx_mode g)
     return g == GFX_SIXEL ? "sixel" : g == GFX_BLOCKS ? "blocks" : "none";
 }
 
+/* Writes the rendered bytes at cell (y, x) and puts the cursor back where
+ * curses believes it is (termimg.h's recipe). */
+static void put_image(const char *bytes, size_t len, int y, int x)
+{
+    int cy, cx;
+    doupdate();
+    getyx(curscr, cy, cx);
+    printf("\033[%d;%dH", y + 1, x + 1);
+    fwrite(bytes, 1, len, stdout);
+    printf("\033[%d;%dH", cy + 1, cx + 1);
+    fflush(stdout);
+}
+
+static int curses_demo(const term_caps *caps, const char *path)
+{
+    coin_image img = {0};
+    coin_error err = {0};
+    if (image_load(path, &img, &err) != 0) {
+        fprintf(stderr, "showimg: %s\n", err.msg);
+        return 1;
+    }
+    setlocale(LC_CTYPE, "");
+    initscr();
+    cbreak();
+    noecho();
+    curs_set(0);
+    int H = LINES, W = COLS;
+    /* the image box: left half, below a title row, above the bottom bar */
+    int bx = 1, by = 2, bcols = W / 2 - 2, brows = H - 5;
+    char *bytes = NULL;
+    size_t len = 0;
+    int uc = 0, ur = 0;
+    if (termimg_render(caps, img.pixels, img.width, img.height, bcols, brows, &bytes, &len,
+                       &uc, &ur, &err) != 0) {
+        endwin();
+        fprintf(stderr, "showimg: %s\n", err.msg);
+        return 1;
+    }
+    mvprintw(0, 1, "coin - curses with an inline image (%s, cell %dx%d)",
+             gfx_name(caps->gfx), caps->cell_w, caps->cell_h);
+    WINDOW *frame = newwin(ur + 2, uc + 2, by - 1, bx - 1);
+    box(frame, 0, 0);
+    const char *name = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    mvwprintw(frame, 0, 2, " %s ", name);
+    int tx = bx + uc + 3;
+    mvprintw(by, tx, "file    %s", name);
+    mvprintw(by + 1, tx, "size    %dx%d", img.width, img.height);
+    mvprintw(by + 2, tx, "shown   %dx%d cells", uc, ur);
+    mvprintw(by + 4, tx, "The picture is written after curses'");
+    mvprintw(by + 5, tx, "refresh; a dialog hides it cleanly.");
+    attron(A_REVERSE);
+    mvprintw(H - 1, 0, " d dialog   q quit %*s", W - 20, "");
+    attroff(A_REVERSE);
+    wnoutrefresh(stdscr);
+    wnoutrefresh(frame);
+    put_image(bytes, len, by, bx);
+    for (;;) {
+        int k = getch();
+        if (k == 'q' || k == ERR)
+            break;
+        if (k != 'd')
+            continue;
+        /* the image goes first: curses repaints its cells, which erases it
+         * (windows over those lines are touched again, or stdscr's blanks
+         * would replace them) */
+        wredrawln(stdscr, by, ur);
+        wnoutrefresh(stdscr);
+        touchwin(frame);
+        wnoutrefresh(frame);
+        int dh = 7, dw = 44;
+        WINDOW *dlg = newwin(dh, dw, by + ur / 2 - dh / 2, bx + uc / 2 - dw / 4);
+        box(dlg, 0, 0);
+        mvwprintw(dlg, 0, 2, " Stop run 12? ");
+        mvwprintw(dlg, 2, 3, "The run stops after its current step.");
+        mvwprintw(dlg, 4, 3, "[y] stop      [any other key] keep");
+        wnoutrefresh(dlg);
+        doupdate();
+        getch();
+        delwin(dlg);
+        touchwin(stdscr);
+        wnoutrefresh(stdscr);
+        touchwin(frame);
+        wnoutrefresh(frame);
+        put_image(bytes, len, by, bx);
+    }
+    delwin(frame);
+    endwin();
+    free(bytes);
+    image_free(&img);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
-    int cols = 0, rows = 0, wait = 0, first = 1;
+    int cols = 0, rows = 0, wait = 0, first = 1, use_curses = 0;
     const char *report_path = NULL;
     for (; first < argc && strncmp(argv[first], "--", 2) == 0; first++) {
         if (strcmp(argv[first], "--cols") == 0 && first + 1 < argc)
@@ -76,6 +174,8 @@ int main(int argc, char **argv)
             wait = 1;
         else if (strcmp(argv[first], "--report") == 0 && first + 1 < argc)
             report_path = argv[++first];
+        else if (strcmp(argv[first], "--curses") == 0)
+            use_curses = 1;
         else {
             fprintf(stderr, "showimg: unknown option %s\n", argv[first]);
             return 2;
@@ -83,11 +183,14 @@ int main(int argc, char **argv)
     }
     int n = argc - first;
     if (n <= 0) {
-        fprintf(stderr, "usage: showimg [--cols N] [--rows N] [--wait] IMAGE.png...\n");
+        fprintf(stderr, "usage: showimg [--cols N] [--rows N] [--wait] [--report FILE] "
+                "IMAGE.png...\n       showimg --curses IMAGE.png\n");
         return 2;
     }
     term_caps caps;
     termcaps_query(STDIN_FILENO, STDOUT_FILENO, 500, &caps);
+    if (use_curses)
+        return curses_demo(&caps, argv[first]);
     struct winsize ws = {0};
     if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) != 0 || ws.ws_col == 0) {
         ws.ws_col = 80;
