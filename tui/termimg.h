@@ -77,9 +77,12 @@ typedef struct {
  * cell size falls back to the tty's window size in pixels (TIOCGWINSZ),
  * which tmux panes and ssh sessions carry.  timeout_ms <= 0 asks nothing.
  * Never fails: what cannot be learnt takes the safe value.
- *   gfx: sixel when the DA1 answer lists attribute 4, else blocks when
- *        colors > 0, else none; COIN_GRAPHICS=sixel|blocks|none overrides
- *        (inside tmux, forced sixel goes through the passthrough).
+ *   gfx: sixel when the DA1 answer lists attribute 4 (NO_COLOR does not
+ *        turn it off: it is about coloured text, and the pictures are the
+ *        content), else blocks when colors > 0, else none;
+ *        COIN_GRAPHICS=sixel|blocks|none overrides (inside tmux, forced
+ *        sixel goes through the passthrough).  500 ms is a fair timeout:
+ *        the answer needs one round trip, which over SSH can take 300.
  *   colors: 0 when NO_COLOR is non-empty or TERM is unset or "dumb";
  *        16777216 for COLORTERM truecolor/24bit; 256 for TERM *256color*;
  *        else 8.
