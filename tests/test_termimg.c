@@ -6,7 +6,9 @@
  * colour selection, sixel characters, repeats, "$" and "-", raster
  * attributes) and a small screen emulator for the half-block output (DECSC,
  * DECRC, CUD, the SGR colour forms, U+2580 and ASCII), both written here from
- * the protocols, not from the code under test.  The pixels they give back
+ * the protocols, not from the code under test.  256 and 8-colour cells must
+ * hold the palette colour nearest in CIELAB (computed here in double from
+ * the CIE definitions).  The pixels they give back
  * are compared with the source image scaled by core/image.h's bicubic
  * resize (itself tested against Pillow in test_image.c).
  *
@@ -611,32 +613,57 @@ static int rgb_at(const uint8_t *img, int w, int x, int y)
     return p[0] << 16 | p[1] << 8 | p[2];
 }
 
-static int cdist2(int a, int b)
+/* CIE76 colour difference (squared) of two 0xRRGGBB sRGB colours: sRGB to
+ * linear, to XYZ (D65), to L*a*b*, from the CIE definitions. */
+static void lab_of(int c, double out[3])
 {
-    int dr = (a >> 16 & 255) - (b >> 16 & 255), dg = (a >> 8 & 255) - (b >> 8 & 255),
-        db = (a & 255) - (b & 255);
-    return dr * dr + dg * dg + db * db;
+    double lin[3], xyz[3];
+    for (int k = 0; k < 3; k++) {
+        double v = (c >> (16 - 8 * k) & 255) / 255.0;
+        lin[k] = v <= 0.04045 ? v / 12.92 : pow((v + 0.055) / 1.055, 2.4);
+    }
+    xyz[0] = (0.4124 * lin[0] + 0.3576 * lin[1] + 0.1805 * lin[2]) / 0.95047;
+    xyz[1] = 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2];
+    xyz[2] = (0.0193 * lin[0] + 0.1192 * lin[1] + 0.9505 * lin[2]) / 1.08883;
+    double f[3], d = 6.0 / 29;
+    for (int k = 0; k < 3; k++)
+        f[k] = xyz[k] > d * d * d ? cbrt(xyz[k]) : xyz[k] / (3 * d * d) + 4.0 / 29;
+    out[0] = 116 * f[1] - 16;
+    out[1] = 500 * (f[0] - f[1]);
+    out[2] = 200 * (f[1] - f[2]);
 }
 
-/* The least squared distance from c to any colour of xterm's 16..255. */
-static int best256_dist(int c)
+static double de2(int a, int b)
 {
-    int best = 1 << 30;
-    for (int i = 16; i < 256; i++) {
-        int d = cdist2(c, xterm256_rgb(i));
-        best = d < best ? d : best;
-    }
+    double la[3], lb[3];
+    lab_of(a, la);
+    lab_of(b, lb);
+    return (la[0] - lb[0]) * (la[0] - lb[0]) + (la[1] - lb[1]) * (la[1] - lb[1]) +
+           (la[2] - lb[2]) * (la[2] - lb[2]);
+}
+
+/* The least colour difference from c to any colour of xterm's 16..255. */
+static double best256_dist(int c)
+{
+    double best = 1e30;
+    for (int i = 16; i < 256; i++)
+        best = fmin(best, de2(c, xterm256_rgb(i)));
     return best;
 }
 
-static int best8_dist(int c)
+static double best8_dist(int c)
 {
-    int best = 1 << 30;
-    for (int i = 0; i < 8; i++) {
-        int d = cdist2(c, xterm_ansi8[i]);
-        best = d < best ? d : best;
-    }
+    double best = 1e30;
+    for (int i = 0; i < 8; i++)
+        best = fmin(best, de2(c, xterm_ansi8[i]));
     return best;
+}
+
+/* chosen is as near as the nearest, up to float rounding in the renderer
+ * (a difference of 0.01 in Delta-E, far below what the eye sees) */
+static int is_nearest(int c, int chosen, double (*best)(int))
+{
+    return sqrt(de2(c, chosen)) <= sqrt(best(c)) + 0.01;
 }
 
 /* Renders rgb in blocks and plays it on a screen with the cursor at (x0,y0). */
@@ -778,12 +805,16 @@ TEST(termimg_blocks_256_and_8_colours_nearest)
             for (int x = 0; x < 12; x++) {
                 int top = rgb_at(src, 12, x, 2 * r), bot = rgb_at(src, 12, x, 2 * r + 1);
                 cell c = s.c[r][x];
-                int (*best)(int) = colors == 256 ? best256_dist : best8_dist;
+                double (*best)(int) = colors == 256 ? best256_dist : best8_dist;
                 bad += c.ch != 0x2580 || c.fg == DEFAULT_COLOR || c.bg == DEFAULT_COLOR ||
-                       cdist2(top, c.fg) != best(top) || cdist2(bot, c.bg) != best(bot);
+                       !is_nearest(top, c.fg, best) || !is_nearest(bot, c.bg, best);
             }
         CHECK_MSG(bad == 0, "%d cells not the nearest of %d colours", bad, colors);
     }
+    /* muted colours keep their hue: a green hill is not a grey (by RGB
+     * distance grey 68 would win over the cube's olive 95,95,0) */
+    int hill = termimg_xterm256_index(59, 93, 42);
+    CHECK_MSG(hill < 232, "a green hill became grey %d", hill);
     /* the index function itself, on colours with one right answer */
     CHECK_EQ_INT(termimg_xterm256_index(0, 0, 0), 16);
     CHECK_EQ_INT(termimg_xterm256_index(255, 255, 255), 231);

@@ -38,7 +38,8 @@
  * Sixel output is made with libsixel (7-bit DCS, up to 256 colour
  * registers), wrapped in tmux's passthrough when tmux itself cannot show
  * sixel.  Half-block output uses U+2580 with 24-bit, 256 or 8-colour SGR
- * codes, one row of cells per two rows of pixels; each row starts with
+ * codes (the nearest palette colour in CIELAB), one row of cells per two
+ * rows of pixels; each row starts with
  * DECRC + CUD so it needs no knowledge of the screen's width or position.
  * Without UTF-8 a cell is a space coloured with the mean of its two pixels;
  * without colour (forced blocks) a character of the ramp " .:-=+*#%@".
@@ -133,8 +134,9 @@ void termimg_fit(const term_caps *caps, int w, int h, int cols, int rows,
                  int *px_w, int *px_h, int *used_cols, int *used_rows);
 
 /* The xterm 256-colour index (16..255: the 6x6x6 cube on 0,95,135,175,215,
- * 255 and the grey ramp 8..238) nearest to an RGB colour, as the 256-colour
- * half-blocks use it. */
+ * 255 and the grey ramp 8..238) nearest to an sRGB colour in CIELAB (CIE76),
+ * as the 256-colour half-blocks use it; the 8-colour ones pick among xterm's
+ * default colours 0..7 the same way.  Thread-safe. */
 int termimg_xterm256_index(uint8_t r, uint8_t g, uint8_t b);
 
 #endif
