@@ -903,6 +903,11 @@ TEST(termimg_none_and_bad_arguments)
     CHECK_STR_CONTAINS(err.msg, "0x1");
     CHECK_EQ_INT(termimg_render(&caps, px, 1, 1, 0, 10, &out, &len, &uc, &ur, &err), COIN_EINVAL);
     CHECK_EQ_INT(termimg_render(&caps, NULL, 1, 1, 5, 5, &out, &len, &uc, &ur, &err), COIN_EINVAL);
+    /* 5000 x 5000 cells of 100 x 100 px would be 500000 px a side */
+    caps = caps_of(GFX_SIXEL, 256, 1, 100, 100);
+    CHECK_EQ_INT(termimg_render(&caps, px, 1, 1, 5000, 5000, &out, &len, &uc, &ur, &err),
+                 COIN_EINVAL);
+    CHECK_STR_CONTAINS(err.msg, "too large");
 }
 
 /* ---- the capability parser ---------------------------------------------- */

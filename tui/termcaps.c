@@ -163,7 +163,7 @@ static void scan_answers(const char *s, size_t n, answers *a)
         if (i < n && (s[i] == '?' || s[i] == '>' || s[i] == '='))
             mark = s[i++];
         long p[MAX_PARAMS];
-        int np = 0, digits = 0, ok = 1;
+        int np = 0, digits = 0;
         long cur = 0;
         for (; i < n; i++) {
             unsigned char c = (unsigned char)s[i];
@@ -184,9 +184,7 @@ static void scan_answers(const char *s, size_t n, answers *a)
             break;                      /* incomplete at the end */
         unsigned char final = (unsigned char)s[i];
         if (final < 0x40 || final > 0x7e)
-            ok = 0;                     /* an ESC or garbage cut it: rescan from here */
-        if (!ok)
-            continue;
+            continue;                   /* an ESC or garbage cut it: rescan from here */
         i++;
         if (np < MAX_PARAMS && (digits || np > 0))
             p[np++] = digits ? cur : 0;

@@ -428,6 +428,9 @@ int termimg_render(const term_caps *caps, const uint8_t *rgb, int w, int h,
     strbuf b = {0};
     int tw, th, uc, ur;
     termimg_fit(caps, w, h, cols, rows, &tw, &th, &uc, &ur);
+    if (tw > IMAGE_MAX_SIDE || th > IMAGE_MAX_SIDE)
+        return coin_fail(err, COIN_EINVAL, "an image of %dx%d pixels is too large to show "
+                         "(%dx%d cells of %dx%d)", tw, th, cols, rows, caps->cell_w, caps->cell_h);
     if (caps->gfx == GFX_SIXEL || caps->gfx == GFX_BLOCKS) {
         uint8_t *px = scaled_copy(rgb, w, h, tw, th, err);
         if (!px)
