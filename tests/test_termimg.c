@@ -307,6 +307,23 @@ TEST(termimg_sixel_flat_colours_exact)
     free(src);
 }
 
+TEST(termimg_sixel_one_pixel_scaled_up)
+{
+    /* one colour, 1 x 1 into 3 x 2 cells of 10 x 20: 30 x 30 px of it */
+    uint8_t px[3] = {204, 51, 153};
+    term_caps caps = caps_of(GFX_SIXEL, 256, 1, 10, 20);
+    sixel_image img;
+    int uc, ur;
+    if (render_sixel_decoded(&caps, px, 1, 1, 3, 2, &img, &uc, &ur) == 0) {
+        CHECK(img.w == 30 && img.h == 30 && uc == 3 && ur == 2);
+        size_t bad = 0;
+        for (size_t i = 0; i < (size_t)img.w * img.h; i++)
+            bad += memcmp(img.rgb + 3 * i, px, 3) != 0;
+        CHECK_EQ_INT(bad, 0);
+        sixel_free(&img);
+    }
+}
+
 TEST(termimg_sixel_any_flat_colours_within_a_percent)
 {
     /* arbitrary colours: only the percent rounding may change them */
