@@ -1113,13 +1113,14 @@ int ledger_find_run_by_dir(ledger *l, const char *out_dir, int64_t *run, coin_er
     return rc;
 }
 
-int ledger_resume_run(ledger *l, int64_t run, int from_step, coin_error *err)
+int ledger_resume_run(ledger *l, int64_t run, int from_step, int keep_request, coin_error *err)
 {
     const char *what = "resuming a run";
     static const char *const sql[] = {
         "DELETE FROM losses WHERE run = ?1 AND step > ?2",
         "DELETE FROM checkpoints WHERE run = ?1 AND step > ?2",
-        "UPDATE runs SET step_reached = ?2, status = 'running', pid = ?3, error = NULL, "
+        "UPDATE runs SET step_reached = ?2, status = CASE WHEN ?5 AND status IN "
+        "('paused','stopped') THEN status ELSE 'running' END, pid = ?3, error = NULL, "
         "ended_at = NULL, started_at = COALESCE(started_at, ?4) WHERE id = ?1",
     };
     int rc = begin(l, what, err);
@@ -1134,6 +1135,7 @@ int ledger_resume_run(ledger *l, int64_t run, int from_step, coin_error *err)
         if (i == 2) {
             sqlite3_bind_int64(st, 3, (int64_t)getpid());
             sqlite3_bind_int64(st, 4, now_s());
+            sqlite3_bind_int(st, 5, keep_request != 0);
         }
         int s = sqlite3_step(st);
         if (s != SQLITE_DONE)

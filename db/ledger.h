@@ -201,8 +201,10 @@ int ledger_find_run_by_dir(ledger *l, const char *out_dir, int64_t *run, coin_er
  * forgets the losses and checkpoints after from_step (a crash may have
  * recorded steps that the checkpoint does not hold; they are trained
  * again), sets step_reached to from_step and the status to running with
- * this process's id, and clears the end time and error. */
-int ledger_resume_run(ledger *l, int64_t run, int from_step, coin_error *err);
+ * this process's id, and clears the end time and error.  With keep_request
+ * a run that was asked to pause or stop since a worker took it keeps that
+ * status (the job then stops at its first step). */
+int ledger_resume_run(ledger *l, int64_t run, int from_step, int keep_request, coin_error *err);
 
 /* A recorded checkpoint. */
 typedef struct ledger_checkpoint {

@@ -224,6 +224,10 @@ static int resume_run(ledger *l, const ledger_run *r, const job_flags *jf)
         rc = coin_fail(&err, COIN_ENOTFOUND, "run %lld never reached a checkpoint (%s does not "
                        "exist) and has no job to start again", id, state);
     }
+    /* A run just asked to pause may still be writing its checkpoint:
+     * whether it has one is known once its trainer lets the folder go. */
+    if (!rc && r->out_dir && path_is_dir(r->out_dir) == 1)
+        rc = ti_wait_for_folder(r->out_dir, 120, &err);
     if (rc) {
         ledger_job_free(&job);
         ledger_close(l);

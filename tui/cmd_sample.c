@@ -453,7 +453,7 @@ int cmd_sample(int argc, char **argv)
                      .precision = "fp32", .coin_version = COIN_VERSION,
                      .steps_planned = (int)a.batch};
     if (jf.job_run) {
-        record_attach(&rec, jf.job_run, &lr, p->ck->path, h.model, p->ck->version, 0);
+        record_attach(&rec, jf.job_run, &lr, p->ck->path, h.model, p->ck->version, 0, 1);
         if (rec.l)
             ledger_list_samples(rec.l, rec.run, 0, collect_made, &made, NULL);
     } else {

@@ -279,7 +279,7 @@ static int start_record(recorder *rec, ti_config *c, const char *resume, int ste
         }
     }
     if (existing) {
-        record_attach(rec, existing, &run, model, sha, version, from_step);
+        record_attach(rec, existing, &run, model, sha, version, from_step, job_run != 0);
         /* The checkpoint resumed from may have been written just before a
          * crash took its ledger row with it. */
         char step_file[4200];
@@ -493,6 +493,13 @@ static int train_main(int argc, char **argv, int job_argc, char **job_argv, cons
     }
     if (!jf->foreground)
         return queue_train(&c, resume, steps_given, be, job_argc, job_argv, jf);
+    /* A queued fresh job whose folder got a checkpoint meanwhile (it was
+     * started again after a pause) continues from it. */
+    char state_path[1200];
+    if (jf->job_run && !resume &&
+        !path_join(state_path, sizeof state_path, c.out_dir, "state.safetensors", NULL) &&
+        path_exists(state_path))
+        resume = c.out_dir;
     struct sigaction sa = {.sa_handler = on_sigint};
     sigaction(SIGINT, &sa, NULL);
     train_view view = {0};

@@ -79,7 +79,7 @@ void record_start(recorder *r, ledger_run *run, const char *model_path,
 }
 
 void record_attach(recorder *r, int64_t run, ledger_run *desc, const char *model_path,
-                   const char *model_sha256, int version, int from_step)
+                   const char *model_sha256, int version, int from_step, int is_job)
 {
     char host[256];
     coin_error err = {0};
@@ -87,7 +87,7 @@ void record_attach(recorder *r, int64_t run, ledger_run *desc, const char *model
         return;
     r->run = run;
     if (ledger_update_run(r->l, run, desc, &err) ||
-        ledger_resume_run(r->l, run, from_step, &err)) {
+        ledger_resume_run(r->l, run, from_step, is_job, &err)) {
         warn(r, &err);
         ledger_close(r->l);
         r->l = NULL;
