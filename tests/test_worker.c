@@ -627,3 +627,55 @@ TEST(worker_full_disk_pauses_a_sampling_job_and_resume_makes_the_rest)
     }
     ledger_close(l);
 }
+
+TEST(worker_export_run_takes_its_checkpoints_from_the_ledger)
+{
+    const char *dir = test_tmpdir();
+    char home[700], images[700], run_dir[700], path[900];
+    snprintf(home, sizeof home, "%s/home", dir);
+    snprintf(run_dir, sizeof run_dir, "%s/exp", dir);
+    make_images(dir, images, sizeof images);
+    REQUIRE(sh(home, 0, "bin/coin train --model " MODEL " --images %s --token '<ex-1>' "
+               "--init hand --steps 6 --batch 1 --save-every 3 --previews 0 --out %s "
+               "--foreground", images, run_dir) == 0);
+    static const char *const formats[] = {"diffusers", "a1111", "kohya"};
+    for (int f = 0; f < 3; f++) {
+        CHECK_EQ_INT(sh(home, 0, "bin/coin export 1 --format %s", formats[f]), 0);
+        snprintf(path, sizeof path, "%s/ex-1-steps-6-%s.safetensors", run_dir, formats[f]);
+        CHECK_STR_CONTAINS(out, path);
+        ti_embedding got, want;
+        coin_error err = {0};
+        char step6[900];
+        snprintf(step6, sizeof step6, "%s/learned_embeds-steps-6.safetensors", run_dir);
+        if (embedding_load(&got, path, NULL, &err) == 0) {
+            if (embedding_load(&want, step6, NULL, &err) == 0) {
+                CHECK(got.n_vectors == want.n_vectors && got.width == want.width &&
+                      !memcmp(got.vectors, want.vectors,
+                              (size_t)(got.n_vectors * got.width) * sizeof(float)));
+                embedding_free(&want);
+            }
+            /* diffusers keeps the trigger as its key; the others name it by the file */
+            if (f == 0)
+                CHECK(!strcmp(got.token, "<ex-1>"));
+            embedding_free(&got);
+        } else {
+            test_failed(__FILE__, __LINE__, "%s", err.msg);
+        }
+    }
+    /* An earlier checkpoint, and one that does not exist. */
+    CHECK_EQ_INT(sh(home, 0, "bin/coin export 1 --format kohya --step 3 --out %s/k3.safetensors",
+                    dir), 0);
+    CHECK_EQ_INT(sh(home, 0, "bin/coin export 1 --format kohya --step 4"), 1);
+    CHECK_STR_CONTAINS(out, "no checkpoint at step 4 (it has: 3, 6)");
+    /* A checkpoint file changed since it was recorded is refused. */
+    snprintf(path, sizeof path, "%s/learned_embeds-steps-3.safetensors", run_dir);
+    FILE *fp = fopen(path, "r+b");
+    REQUIRE(fp);
+    fseek(fp, -1, SEEK_END);
+    int last = fgetc(fp);
+    fseek(fp, -1, SEEK_END);
+    fputc(last ^ 1, fp);
+    fclose(fp);
+    CHECK_EQ_INT(sh(home, 0, "bin/coin export 1 --format a1111 --step 3"), 1);
+    CHECK_STR_CONTAINS(out, "has changed since run 1 recorded it");
+}
