@@ -32,6 +32,7 @@
 struct ledger {
     sqlite3 *db;
     char *path;
+    sqlite3_stmt *status_st;    /* ledger_get_status's, prepared once: it runs every step */
 };
 
 static const char *const migrations[LEDGER_SCHEMA_VERSION] = {
@@ -412,6 +413,7 @@ void ledger_close(ledger *l)
 {
     if (!l)
         return;
+    sqlite3_finalize(l->status_st);
     sqlite3_close_v2(l->db);
     free(l->path);
     free(l);
@@ -1418,4 +1420,24 @@ int ledger_finish_run(ledger *l, int64_t run, const char *status, const char *er
     sqlite3_bind_int64(st, 4, run);
     sqlite3_bind_int64(st, 5, (int64_t)getpid());
     return run_write(l, st, NULL, changed, "recording the end of a run", err);
+}
+
+int ledger_get_status(ledger *l, int64_t run, char status[16], coin_error *err)
+{
+    status[0] = '\0';
+    if (!l->status_st &&
+        prepare(l, "SELECT status FROM runs WHERE id = ?", &l->status_st, "reading a run's status",
+                err))
+        return err ? err->code : COIN_EIO;
+    sqlite3_stmt *st = l->status_st;
+    sqlite3_bind_int64(st, 1, run);
+    int s = sqlite3_step(st), rc = 0;
+    if (s == SQLITE_ROW)
+        col_copy(st, 0, status, 16);
+    else if (s == SQLITE_DONE)
+        rc = coin_fail(err, COIN_ENOTFOUND, "ledger %s has no run %lld", l->path, (long long)run);
+    else
+        rc = db_fail(l, err, s, "reading a run's status");
+    sqlite3_reset(st);
+    return rc;
 }

@@ -83,6 +83,11 @@ int ledger_insert_run(ledger *l, const ledger_run *r, int64_t *id, coin_error *e
 int ledger_get_run(ledger *l, int64_t id, ledger_run *out, coin_error *err);
 void ledger_run_free(ledger_run *r);
 
+/* run's status into status (a running job reads it every step, to see a
+ * pause or stop asked through the ledger; the statement is prepared once
+ * per handle). */
+int ledger_get_status(ledger *l, int64_t run, char status[16], coin_error *err);
+
 /* Moves a run to status: one of queued, running, paused, stopped, done,
  * failed, interrupted.  "running" stamps the start time (once); stopped,
  * done, failed and interrupted stamp the end time; error_text (may be NULL)

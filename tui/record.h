@@ -17,6 +17,7 @@ typedef struct recorder {
     ledger *l;                  /* NULL: no ledger this time */
     int64_t run;
     int disk_full;              /* a ledger write failed for want of space */
+    double asked_at;            /* when record_requested last read the status */
     int n;                      /* buffered losses */
     int steps[RECORD_BATCH];
     float loss[RECORD_BATCH], lr[RECORD_BATCH];
@@ -48,7 +49,8 @@ void record_checkpoint(recorder *r, int step, const char *path);
 /* Records an image (hashing the file); s->run is filled in. */
 void record_sample(recorder *r, ledger_sample *s);
 /* "paused" or "stopped" when someone asked the run to pause or stop
- * (coin pause / coin stop set the run's status in the ledger), else NULL. */
+ * (coin pause / coin stop set the run's status in the ledger), else NULL.
+ * Reads the ledger at most every 0.2 s. */
 const char *record_requested(recorder *r);
 /* Flushes, sets the final status ("done", "stopped", "failed") with the
  * error text, and closes the ledger. */
