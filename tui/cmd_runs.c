@@ -22,7 +22,13 @@ static const char RUNS_HELP[] =
     "\n"
     "Lists every training and sampling run in the ledger ($COIN_HOME, default\n"
     "~/.local/share/coin), newest first: id, kind, trigger, model, status,\n"
-    "step / steps, last loss, start time.\n";
+    "step / steps (images / images for sampling), last loss, start time.\n"
+    "\n"
+    "status: queued (waiting for the worker), running, paused or stopped (coin\n"
+    "pause / coin stop, or paused by a full disk: the error says so), done, failed\n"
+    "(coin show run N says why), interrupted (its process died: a crash, kill -9,\n"
+    "a lost machine; any coin start notices).  coin resume N continues paused,\n"
+    "stopped, interrupted and failed training runs from their last checkpoint.\n";
 
 static int print_row(void *ctx, const ledger_run_row *r)
 {
@@ -243,9 +249,13 @@ static int resume_run(ledger *l, const ledger_run *r, const job_flags *jf)
             snprintf(run_text, sizeof run_text, "%lld", id);
             char *fg[] = {"train", "--resume", (char *)r->out_dir, "--foreground", "--job",
                           run_text, NULL};
+            /* Out of paused or stopped first (a pause asked before a job
+             * starts stands), into a status no worker takes from the queue
+             * and that the trainer's start replaces with running. */
+            rc = ledger_set_run_status(l, r->id, "interrupted", r->error, &err);
             ledger_job_free(&job);
             ledger_close(l);
-            return cmd_train(6, fg);
+            return rc ? cli_report(&err) : cmd_train(6, fg);
         }
         rc = job_queue(l, r->id, 3, args, dev, &err);
     } else if (jf->foreground) {
