@@ -19,7 +19,9 @@
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <sched.h>
 #include <sys/file.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -678,4 +680,84 @@ TEST(worker_export_run_takes_its_checkpoints_from_the_ledger)
     fclose(fp);
     CHECK_EQ_INT(sh(home, 0, "bin/coin export 1 --format a1111 --step 3"), 1);
     CHECK_STR_CONTAINS(out, "has changed since run 1 recorded it");
+}
+
+/* In a child process of its own mount namespace: a real tmpfs of 24 kB (six 4 kB pages)
+ * holds the training folder (the ledger stays outside), the run fills it
+ * and pauses, the tmpfs is made bigger, and coin resume finishes the run.
+ * Returns a sentence on failure, NULL on success; 77 from the child means
+ * this machine cannot mount one (not root, no namespaces). */
+static const char *tmpfs_trial(const char *home, const char *images, const char *fs,
+                               const float *ref_loss, const float *ref_rows, int n_rows)
+{
+    static char why[2000];
+    if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
+        mkdir(fs, 0755) != 0 || mount("tmpfs", fs, "tmpfs", 0, "size=24k") != 0)
+        _exit(77);
+    char run_dir[800];
+    snprintf(run_dir, sizeof run_dir, "%s/run", fs);
+    int rc = sh(home, 0, "bin/coin train --model " MODEL " --images %s --token '<k>' --init hand "
+                "--steps %d --batch 1 --save-every %d --previews 0 --out %s --foreground", images,
+                FULL_STEPS, FULL_SAVE, run_dir);
+    if (rc != 1 || !strstr(out, "paused: the disk is full") || !strstr(out, "No space left")) {
+        snprintf(why, sizeof why, "on a full tmpfs: exit %d: %.1500s", rc, out);
+        return why;
+    }
+    const char *said = strstr(out, "paused: ");
+    printf("    tmpfs: %.*s\n", said ? (int)strcspn(said, ";") : 0, said ? said : "");
+    ledger *l = open_ledger(home);
+    ledger_run r;
+    int64_t run = l ? run_of(l, run_dir) : 0;
+    int paused = run && ledger_get_run(l, run, &r, NULL) == 0 && !strcmp(r.status, "paused");
+    if (run && paused)
+        ledger_run_free(&r);
+    ledger_close(l);
+    if (!paused)
+        return "on a full tmpfs: the run is not paused in the ledger";
+    if (count_temp_files(run_dir))
+        return "on a full tmpfs: temporary files were left behind";
+    /* Space again. */
+    if (mount(NULL, fs, NULL, MS_REMOUNT, "size=4m") != 0)
+        return "cannot make the tmpfs bigger";
+    if (sh(home, 0, "bin/coin resume %lld --foreground", (long long)run) != 0) {
+        snprintf(why, sizeof why, "resume after the tmpfs grew: %.1500s", out);
+        return why;
+    }
+    l = open_ledger(home);
+    if (l)
+        check_finished(l, run_dir, FULL_STEPS, ref_loss, ref_rows, n_rows);
+    ledger_close(l);
+    return test_has_failed() ? "the resumed run is not the uninterrupted one (see above)" : NULL;
+}
+
+TEST(worker_full_tmpfs_pauses_the_job_and_resume_finishes_it)
+{
+    const char *dir = test_tmpdir();
+    char home[700], images[700], ref[700], fs[700];
+    snprintf(home, sizeof home, "%s/home", dir);
+    snprintf(ref, sizeof ref, "%s/ref", dir);
+    snprintf(fs, sizeof fs, "%s/fs", dir);
+    make_images(dir, images, sizeof images);
+    float *ref_loss = NULL, ref_rows[4096];
+    int n_rows = 0;
+    REQUIRE(reference_run(home, images, ref, FULL_STEPS, FULL_SAVE, &ref_loss, ref_rows,
+                          &n_rows));
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        const char *why = tmpfs_trial(home, images, fs, ref_loss, ref_rows, n_rows);
+        if (why)
+            printf("    %s\n", why);
+        fflush(NULL);
+        _exit(why ? 1 : 0);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    free(ref_loss);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 77) {
+        test_skip("no tmpfs can be mounted here (needs root or user namespaces)");
+        return;
+    }
+    CHECK_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the tmpfs trial failed (status %d)",
+              status);
 }
