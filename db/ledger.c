@@ -1351,6 +1351,7 @@ int ledger_claim_job(ledger *l, const char *device, ledger_job *out, coin_error 
                 rc = db_fail(l, err, s, what);
             sqlite3_finalize(st);
         }
+        out->attempts++;
     }
     if (rc) {
         ledger_job_free(out);
