@@ -761,3 +761,40 @@ TEST(worker_full_tmpfs_pauses_the_job_and_resume_finishes_it)
     CHECK_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the tmpfs trial failed (status %d)",
               status);
 }
+
+/* The contents of a small file ("" when unreadable). */
+static const char *slurp(const char *path)
+{
+    static char buf[16384];
+    FILE *f = fopen(path, "r");
+    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    buf[n] = '\0';
+    if (f)
+        fclose(f);
+    return buf;
+}
+
+TEST(worker_ctrl_c_stops_following_not_the_job)
+{
+    const char *dir = test_tmpdir();
+    char home[700], images[700], run_dir[700], log[700];
+    snprintf(home, sizeof home, "%s/home", dir);
+    snprintf(run_dir, sizeof run_dir, "%s/ctrlc", dir);
+    snprintf(log, sizeof log, "%s/follow.log", dir);
+    make_images(dir, images, sizeof images);
+    char *args[] = {"bin/coin", "train", "--model", MODEL, "--images", images, "--token", "<c>",
+                    "--init", "hand", "--steps", "200", "--batch", "1", "--save-every", "50",
+                    "--previews", "0", "--out", run_dir, NULL};
+    pid_t pid = start_coin(home, log, args);
+    REQUIRE(pid > 0);
+    double t0 = now_s();
+    while (now_s() - t0 < 30 && !strstr(slurp(log), "running (its output"))
+        usleep(20000);
+    CHECK_STR_CONTAINS(slurp(log), "Ctrl-C stops following, not the run");
+    kill(pid, SIGINT);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK_STR_CONTAINS(slurp(log), "stopped following; run 1 goes on in the background");
+    CHECK(wait_status(home, 1, "done", 60));
+}
