@@ -136,6 +136,17 @@ int cmd_show_ledger(const char *what, const char *id_text)
             printf("backend: %s %s, coin %s on %s\n", r.backend ? r.backend : "-",
                    r.precision ? r.precision : "", r.coin_version ? r.coin_version : "-",
                    r.host ? r.host : "-");
+            if (r.out_dir)
+                printf("folder:  %s\n", r.out_dir);
+            char log[4096], name[32];
+            snprintf(name, sizeof name, "run-%lld", id);
+            ledger_job job;
+            if (ledger_get_job(l, id, &job, NULL) == 0) {
+                if (!job_log_path(log, sizeof log, name, NULL))
+                    printf("job:     on %s, taken %d time%s; output: %s\n", job.device,
+                           job.attempts, job.attempts == 1 ? "" : "s", log);
+                ledger_job_free(&job);
+            }
             if (r.error)
                 printf("error:   %s\n", r.error);
             printf("config:  %s\n", r.config_json ? r.config_json : "{}");

@@ -312,6 +312,14 @@ static int queue_train(ti_config *c, const char *resume, int steps_given, const 
     } else {
         char state[4200];
         snprintf(state, sizeof state, "%s/state.safetensors", out_dir);
+        /* What can be checked without loading anything fails now, not in
+         * the worker. */
+        if (!path_exists(c->model) || path_is_dir(c->images) != 1) {
+            coin_fail(&err, COIN_ENOTFOUND, "%s: no such %s", path_exists(c->model) ? c->images
+                                                                                  : c->model,
+                      path_exists(c->model) ? "folder" : "file or folder");
+            return cli_report(&err);
+        }
         if (path_exists(state)) {
             coin_fail(&err, COIN_EINVAL, "%s already holds a training run; continue it with "
                       "coin train --resume %s, or choose another output folder", c->out_dir,
