@@ -32,6 +32,7 @@
 struct ledger {
     sqlite3 *db;
     char *path;
+    sqlite3_stmt *status_st;    /* ledger_get_status's, prepared once: it runs every step */
 };
 
 static const char *const migrations[LEDGER_SCHEMA_VERSION] = {
@@ -412,6 +413,7 @@ void ledger_close(ledger *l)
 {
     if (!l)
         return;
+    sqlite3_finalize(l->status_st);
     sqlite3_close_v2(l->db);
     free(l->path);
     free(l);
@@ -1113,13 +1115,14 @@ int ledger_find_run_by_dir(ledger *l, const char *out_dir, int64_t *run, coin_er
     return rc;
 }
 
-int ledger_resume_run(ledger *l, int64_t run, int from_step, coin_error *err)
+int ledger_resume_run(ledger *l, int64_t run, int from_step, int keep_request, coin_error *err)
 {
     const char *what = "resuming a run";
     static const char *const sql[] = {
         "DELETE FROM losses WHERE run = ?1 AND step > ?2",
         "DELETE FROM checkpoints WHERE run = ?1 AND step > ?2",
-        "UPDATE runs SET step_reached = ?2, status = 'running', pid = ?3, error = NULL, "
+        "UPDATE runs SET step_reached = ?2, status = CASE WHEN ?5 AND status IN "
+        "('paused','stopped') THEN status ELSE 'running' END, pid = ?3, error = NULL, "
         "ended_at = NULL, started_at = COALESCE(started_at, ?4) WHERE id = ?1",
     };
     int rc = begin(l, what, err);
@@ -1134,6 +1137,7 @@ int ledger_resume_run(ledger *l, int64_t run, int from_step, coin_error *err)
         if (i == 2) {
             sqlite3_bind_int64(st, 3, (int64_t)getpid());
             sqlite3_bind_int64(st, 4, now_s());
+            sqlite3_bind_int(st, 5, keep_request != 0);
         }
         int s = sqlite3_step(st);
         if (s != SQLITE_DONE)
@@ -1347,6 +1351,7 @@ int ledger_claim_job(ledger *l, const char *device, ledger_job *out, coin_error 
                 rc = db_fail(l, err, s, what);
             sqlite3_finalize(st);
         }
+        out->attempts++;
     }
     if (rc) {
         ledger_job_free(out);
@@ -1416,4 +1421,24 @@ int ledger_finish_run(ledger *l, int64_t run, const char *status, const char *er
     sqlite3_bind_int64(st, 4, run);
     sqlite3_bind_int64(st, 5, (int64_t)getpid());
     return run_write(l, st, NULL, changed, "recording the end of a run", err);
+}
+
+int ledger_get_status(ledger *l, int64_t run, char status[16], coin_error *err)
+{
+    status[0] = '\0';
+    if (!l->status_st &&
+        prepare(l, "SELECT status FROM runs WHERE id = ?", &l->status_st, "reading a run's status",
+                err))
+        return err ? err->code : COIN_EIO;
+    sqlite3_stmt *st = l->status_st;
+    sqlite3_bind_int64(st, 1, run);
+    int s = sqlite3_step(st), rc = 0;
+    if (s == SQLITE_ROW)
+        col_copy(st, 0, status, 16);
+    else if (s == SQLITE_DONE)
+        rc = coin_fail(err, COIN_ENOTFOUND, "ledger %s has no run %lld", l->path, (long long)run);
+    else
+        rc = db_fail(l, err, s, "reading a run's status");
+    sqlite3_reset(st);
+    return rc;
 }

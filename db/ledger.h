@@ -83,6 +83,11 @@ int ledger_insert_run(ledger *l, const ledger_run *r, int64_t *id, coin_error *e
 int ledger_get_run(ledger *l, int64_t id, ledger_run *out, coin_error *err);
 void ledger_run_free(ledger_run *r);
 
+/* run's status into status (a running job reads it every step, to see a
+ * pause or stop asked through the ledger; the statement is prepared once
+ * per handle). */
+int ledger_get_status(ledger *l, int64_t run, char status[16], coin_error *err);
+
 /* Moves a run to status: one of queued, running, paused, stopped, done,
  * failed, interrupted.  "running" stamps the start time (once); stopped,
  * done, failed and interrupted stamp the end time; error_text (may be NULL)
@@ -201,8 +206,10 @@ int ledger_find_run_by_dir(ledger *l, const char *out_dir, int64_t *run, coin_er
  * forgets the losses and checkpoints after from_step (a crash may have
  * recorded steps that the checkpoint does not hold; they are trained
  * again), sets step_reached to from_step and the status to running with
- * this process's id, and clears the end time and error. */
-int ledger_resume_run(ledger *l, int64_t run, int from_step, coin_error *err);
+ * this process's id, and clears the end time and error.  With keep_request
+ * a run that was asked to pause or stop since a worker took it keeps that
+ * status (the job then stops at its first step). */
+int ledger_resume_run(ledger *l, int64_t run, int from_step, int keep_request, coin_error *err);
 
 /* A recorded checkpoint. */
 typedef struct ledger_checkpoint {

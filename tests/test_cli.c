@@ -406,3 +406,82 @@ TEST(cli_detached_training_pauses_and_resumes_through_the_ledger)
         free(saved);
     }
 }
+
+/* Writes the pixels of src into dst with only the "parameters" text
+ * params: what AUTOMATIC1111 writes, without coin's recipe. */
+static int write_a1111_png(const char *src, const char *dst, const char *params)
+{
+    coin_image img;
+    coin_error err = {0};
+    if (image_load(src, &img, &err))
+        return -1;
+    image_text t[1] = {{"parameters", (char *)params}};
+    int rc = image_write_png(dst, &img, t, 1, &err);
+    image_free(&img);
+    return rc;
+}
+
+TEST(cli_regen_from_a1111_parameters)
+{
+    char dir[700];
+    run("true", out, sizeof out);   /* the ledger's folder first: test_tmpdir reuses its buffer */
+    snprintf(dir, sizeof dir, "%s", test_tmpdir());
+    char cmd[2048], src[800], dst[800];
+    /* An image made by coin; its parameters text is AUTOMATIC1111's. */
+    snprintf(cmd, sizeof cmd, "bin/coin sample --model tests/golden/sd1/model.safetensors "
+             "--prompt 'a photo of a dog' --negative blurry --steps 3 --sampler euler_a "
+             "--schedule karras --seed 21 --out %s/d.png --foreground", dir);
+    REQUIRE(run(cmd, out, sizeof out) == 0);
+    snprintf(cmd, sizeof cmd, "bin/coin show %s/d.png", dir);
+    REQUIRE(run(cmd, out, sizeof out) == 0);
+    char *end = strstr(out, "\n\ncoin recipe");
+    REQUIRE(end);
+    *end = '\0';
+    char params[4096];
+    snprintf(params, sizeof params, "%.4000s", out);
+    snprintf(src, sizeof src, "%s/d.png", dir);
+    snprintf(dst, sizeof dst, "%s/a1111.png", dir);
+    REQUIRE(write_a1111_png(src, dst, params) == 0);
+    /* Without --from, only a coin recipe will do. */
+    snprintf(cmd, sizeof cmd, "bin/coin regen %s", dst);
+    CHECK_EQ_INT(run(cmd, out, sizeof out), 1);
+    CHECK_STR_CONTAINS(out, "coin regen --from IMAGE.png");
+    /* The model is found in the ledger by its 10-digit hash; the same
+     * settings on the same backend give the same pixels. */
+    snprintf(cmd, sizeof cmd, "bin/coin regen --from %s", dst);
+    CHECK_EQ_INT(run(cmd, out, sizeof out), 0);
+    CHECK_STR_CONTAINS(out, "a1111-regen.png: identical to");
+    /* Settings coin does not have are named, and left out. */
+    char more[4600];
+    snprintf(more, sizeof more, "%s, Hires upscale: 2, Lora hashes: \"x: 0123456789ab\"", params);
+    snprintf(dst, sizeof dst, "%s/hires.png", dir);
+    REQUIRE(write_a1111_png(src, dst, more) == 0);
+    snprintf(cmd, sizeof cmd, "bin/coin regen --from %s --model "
+             "tests/golden/sd1/model.safetensors", dst);
+    CHECK_EQ_INT(run(cmd, out, sizeof out), 0);
+    CHECK_STR_CONTAINS(out, "settings coin does not support, which are left out: "
+                       "Hires upscale: 2, Lora hashes: x: 0123456789ab");
+    /* Another model than the one named is refused. */
+    snprintf(cmd, sizeof cmd, "bin/coin regen --from %s --model "
+             "tests/golden/sd2/model.safetensors", dst);
+    CHECK_EQ_INT(run(cmd, out, sizeof out), 1);
+    CHECK_STR_CONTAINS(out, "is not the model that made");
+    /* A seed changed in the text: the result is reported as different. */
+    char *seed = strstr(params, "Seed: 21");
+    REQUIRE(seed);
+    seed[7] = '2';
+    snprintf(dst, sizeof dst, "%s/other.png", dir);
+    REQUIRE(write_a1111_png(src, dst, params) == 0);
+    snprintf(cmd, sizeof cmd, "bin/coin regen --from %s", dst);
+    CHECK_EQ_INT(run(cmd, out, sizeof out), 1);
+    CHECK_STR_CONTAINS(out, "other-regen.png: differs from");
+    /* A sampler coin does not have. */
+    char *sampler = strstr(params, "Sampler: Euler a");
+    REQUIRE(sampler);
+    memcpy(sampler + 9, "Heun   ", 7);
+    snprintf(dst, sizeof dst, "%s/heun.png", dir);
+    REQUIRE(write_a1111_png(src, dst, params) == 0);
+    snprintf(cmd, sizeof cmd, "bin/coin regen --from %s", dst);
+    CHECK_EQ_INT(run(cmd, out, sizeof out), 1);
+    CHECK_STR_CONTAINS(out, "which coin does not have");
+}

@@ -629,3 +629,193 @@ TEST(ledger_dead_runs_are_marked_interrupted)
     ledger_run_free(&got);
     ledger_close(l);
 }
+
+TEST(ledger_version_2_database_upgrades_keeping_its_runs)
+{
+    char path[700];
+    db_path(path, sizeof path, "v2.db");
+    coin_error err = {0};
+    ledger *l;
+    REQUIRE_OK(ledger_open(&l, path, &err), &err);
+    int64_t run = add_train_run(l, &err);
+    ledger_close(l);
+    /* Back to what schema 2 was: no jobs, no out_dir, no trigger. */
+    REQUIRE(raw_exec(path, "DROP TRIGGER samples_step; DROP TABLE jobs; DROP INDEX runs_out_dir; "
+                     "ALTER TABLE runs DROP COLUMN out_dir; PRAGMA user_version = 2") == SQLITE_OK);
+    REQUIRE_OK(ledger_open(&l, path, &err), &err);
+    CHECK_EQ_INT(raw_int(path, "PRAGMA user_version"), 3);
+    ledger_run r;
+    REQUIRE_OK(ledger_get_run(l, run, &r, &err), &err);
+    CHECK(!strcmp(r.trigger, "<cat-toy>"));
+    CHECK(r.out_dir == NULL);
+    ledger_run_free(&r);
+    char args[] = "[\"train\",\"--resume\",\"/x\"]";
+    CHECK(ledger_enqueue_job(l, run, args, "/", "cpu", &err) == 0);
+    ledger_close(l);
+}
+
+TEST(ledger_job_queue_hands_out_each_job_once_in_order)
+{
+    char path[700];
+    db_path(path, sizeof path, "queue.db");
+    coin_error err = {0};
+    ledger *l;
+    REQUIRE_OK(ledger_open(&l, path, &err), &err);
+    int64_t a = add_train_run(l, &err), b = add_train_run(l, &err), c = add_train_run(l, &err);
+    REQUIRE(a > 0 && b > 0 && c > 0);
+    REQUIRE_OK(ledger_enqueue_job(l, a, "[\"train\",\"a\"]", "/tmp", "cpu", &err), &err);
+    REQUIRE_OK(ledger_enqueue_job(l, b, "[\"train\",\"b\"]", "/tmp", "cuda", &err), &err);
+    REQUIRE_OK(ledger_enqueue_job(l, c, "[\"train\",\"c\"]", "/tmp", "cpu", &err), &err);
+    CHECK(ledger_enqueue_job(l, c, "not json", "/tmp", "cpu", &err) != 0);
+    int n = 0;
+    REQUIRE_OK(ledger_count_queued(l, "cpu", &n, &err), &err);
+    CHECK_EQ_INT(n, 2);
+    REQUIRE_OK(ledger_count_queued(l, NULL, &n, &err), &err);
+    CHECK_EQ_INT(n, 3);
+    /* Two processes drain the cpu queue at once: each job goes to one. */
+    int fds[2];
+    REQUIRE(pipe(fds) == 0);
+    pid_t child = fork();
+    if (child == 0) {
+        ledger *cl;
+        ledger_job j;
+        int64_t got = 0;
+        if (ledger_open(&cl, path, NULL) == 0 && ledger_claim_job(cl, "cpu", &j, NULL) == 0) {
+            got = j.run;
+            ledger_job_free(&j);
+        }
+        ledger_close(cl);
+        _exit(write(fds[1], &got, sizeof got) == sizeof got ? 0 : 1);
+    }
+    ledger_job j;
+    REQUIRE_OK(ledger_claim_job(l, "cpu", &j, &err), &err);
+    int64_t mine = j.run;
+    if (mine)
+        CHECK(strstr(j.argv_json, mine == a ? "\"a\"" : "\"c\"") && !strcmp(j.cwd, "/tmp") &&
+              j.attempts == 1);
+    ledger_job_free(&j);
+    int64_t theirs = -1;
+    waitpid(child, NULL, 0);
+    CHECK(read(fds[0], &theirs, sizeof theirs) == sizeof theirs);
+    close(fds[0]);
+    close(fds[1]);
+    CHECK((mine == a && theirs == c) || (mine == c && theirs == a));
+    /* The cpu queue is empty; the cuda job waits for its own worker. */
+    REQUIRE_OK(ledger_claim_job(l, "cpu", &j, &err), &err);
+    CHECK_EQ_INT(j.run, 0);
+    REQUIRE_OK(ledger_claim_job(l, "cuda", &j, &err), &err);
+    CHECK_EQ_INT(j.run, b);
+    ledger_job_free(&j);
+    ledger_run r;
+    REQUIRE_OK(ledger_get_run(l, a, &r, &err), &err);
+    CHECK(!strcmp(r.status, "running"));
+    ledger_run_free(&r);
+    /* A paused job is not handed out; queued again, it is. */
+    REQUIRE_OK(ledger_set_run_status(l, a, "paused", NULL, &err), &err);
+    REQUIRE_OK(ledger_claim_job(l, "cpu", &j, &err), &err);
+    CHECK_EQ_INT(j.run, 0);
+    REQUIRE_OK(ledger_get_job(l, a, &j, &err), &err);
+    char *argv_json = strdup(j.argv_json), *cwd = strdup(j.cwd);
+    ledger_job_free(&j);
+    REQUIRE_OK(ledger_enqueue_job(l, a, argv_json, cwd, "cpu", &err), &err);
+    free(argv_json);
+    free(cwd);
+    REQUIRE_OK(ledger_claim_job(l, "cpu", &j, &err), &err);
+    CHECK_EQ_INT(j.run, a);
+    CHECK_EQ_INT(j.attempts, 2);
+    ledger_job_free(&j);
+    CHECK(ledger_get_job(l, 999, &j, &err) == COIN_ENOTFOUND);
+    ledger_close(l);
+}
+
+TEST(ledger_resumed_run_forgets_what_came_after_its_checkpoint)
+{
+    char path[700];
+    db_path(path, sizeof path, "resume.db");
+    coin_error err = {0};
+    ledger *l;
+    REQUIRE_OK(ledger_open(&l, path, &err), &err);
+    ledger_run in = {.kind = "train", .trigger = "<r>", .steps_planned = 20, .out_dir = "/runs/r"};
+    int64_t run;
+    REQUIRE_OK(ledger_insert_run(l, &in, &run, &err), &err);
+    int64_t found = 0;
+    REQUIRE_OK(ledger_find_run_by_dir(l, "/runs/r", &found, &err), &err);
+    CHECK_EQ_INT(found, run);
+    REQUIRE_OK(ledger_find_run_by_dir(l, "/runs/other", &found, &err), &err);
+    CHECK_EQ_INT(found, 0);
+    int steps[12];
+    float loss[12];
+    for (int i = 0; i < 12; i++) {
+        steps[i] = i + 1;
+        loss[i] = 1.0f / (float)(i + 1);
+    }
+    REQUIRE_OK(ledger_record_losses(l, run, steps, loss, NULL, 12, &err), &err);
+    REQUIRE_OK(ledger_insert_checkpoint(l, run, 5, "/runs/r/5", "aa", NULL, &err), &err);
+    REQUIRE_OK(ledger_insert_checkpoint(l, run, 10, "/runs/r/10", "bb", NULL, &err), &err);
+    REQUIRE_OK(ledger_set_run_status(l, run, "interrupted", "killed", &err), &err);
+    /* The trainer resumes from the checkpoint at step 5 (the one at 10
+     * was recorded, then lost with its state, say). */
+    REQUIRE_OK(ledger_resume_run(l, run, 5, 0, &err), &err);
+    ledger_run r;
+    REQUIRE_OK(ledger_get_run(l, run, &r, &err), &err);
+    CHECK(!strcmp(r.status, "running"));
+    CHECK_EQ_INT(r.step_reached, 5);
+    CHECK(r.error == NULL && r.ended_at == 0 && r.pid == getpid());
+    ledger_run_free(&r);
+    size_t n;
+    int *got;
+    REQUIRE_OK(ledger_loss_curve(l, run, &got, NULL, NULL, &n, &err), &err);
+    CHECK_EQ_INT(n, 5);
+    CHECK(n == 5 && got[4] == 5);
+    free(got);
+    ledger_checkpoint *c;
+    REQUIRE_OK(ledger_list_checkpoints(l, run, &c, &n, &err), &err);
+    CHECK(n == 1 && c[0].step == 5 && !strcmp(c[0].path, "/runs/r/5"));
+    ledger_checkpoints_free(c, n);
+    /* A pause asked meanwhile stands for a job (keep_request). */
+    REQUIRE_OK(ledger_set_run_status(l, run, "paused", NULL, &err), &err);
+    REQUIRE_OK(ledger_resume_run(l, run, 5, 1, &err), &err);
+    REQUIRE_OK(ledger_get_run(l, run, &r, &err), &err);
+    CHECK(!strcmp(r.status, "paused"));
+    ledger_run_free(&r);
+    CHECK(ledger_resume_run(l, 777, 0, 0, &err) == COIN_ENOTFOUND);
+    ledger_close(l);
+}
+
+TEST(ledger_finish_run_leaves_a_run_queued_again_alone)
+{
+    char path[700];
+    db_path(path, sizeof path, "finish.db");
+    coin_error err = {0};
+    ledger *l;
+    REQUIRE_OK(ledger_open(&l, path, &err), &err);
+    int64_t run = add_train_run(l, &err);
+    REQUIRE_OK(ledger_set_run_status(l, run, "running", NULL, &err), &err);
+    /* coin pause, then coin resume before this process ended: queued. */
+    REQUIRE_OK(ledger_enqueue_job(l, run, "[\"train\"]", "/", "cpu", &err), &err);
+    int changed = -1;
+    REQUIRE_OK(ledger_finish_run(l, run, "paused", NULL, &changed, &err), &err);
+    CHECK_EQ_INT(changed, 0);
+    char status[16];
+    REQUIRE_OK(ledger_get_status(l, run, status, &err), &err);
+    CHECK(!strcmp(status, "queued"));
+    /* Its own running run it finishes. */
+    REQUIRE_OK(ledger_set_run_status(l, run, "running", NULL, &err), &err);
+    REQUIRE_OK(ledger_finish_run(l, run, "done", NULL, &changed, &err), &err);
+    CHECK_EQ_INT(changed, 1);
+    REQUIRE_OK(ledger_get_status(l, run, status, &err), &err);
+    CHECK(!strcmp(status, "done"));
+    CHECK(ledger_get_status(l, 4242, status, &err) == COIN_ENOTFOUND);
+    /* Models by the start of their hash, as AUTOMATIC1111 names them. */
+    REQUIRE_OK(ledger_upsert_model(l, "/m/a.safetensors",
+                                   "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                                   1, NULL, &err), &err);
+    char *model;
+    REQUIRE_OK(ledger_find_model(l, "0123456789", &model, &err), &err);
+    CHECK(!strcmp(model, "/m/a.safetensors"));
+    free(model);
+    CHECK(ledger_find_model(l, "fedcba9876", &model, &err) == COIN_ENOTFOUND);
+    CHECK_STR_CONTAINS(err.msg, "--model");
+    CHECK(ledger_find_model(l, "xyz", &model, &err) == COIN_EINVAL);
+    ledger_close(l);
+}

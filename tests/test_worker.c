@@ -19,7 +19,9 @@
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <sched.h>
 #include <sys/file.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -571,9 +573,23 @@ TEST(worker_full_disk_pauses_the_job_and_resume_finishes_it)
     long header = (long)strlen("step,loss,lr\n");   /* written before the hook counts */
     if (ok && !test_has_failed()) {
         char run_dir[800];
-        snprintf(run_dir, sizeof run_dir, "%s/full-csv", dir);
         long budget = (long)csv.st_size - header + 2 * ((long)e.st_size + 1) +
                       ((long)st.st_size + 1) + 10;
+        /* The safetensors headers are padded to 8 bytes and name the
+         * folder, so the estimate can be off by a little: nudge it until
+         * the failing write is a loss line (each try in a folder of its
+         * own), then run the trial proper. */
+        for (int tries = 0; tries < 10; tries++) {
+            snprintf(run_dir, sizeof run_dir, "%s/csvtr-%d", dir, tries);   /* as long as "fullcsv" */
+            sh(home, 0, "COIN_TEST_ENOSPC_AFTER_BYTES=%ld bin/coin train --model " MODEL
+               " --images %s --token '<k>' --init hand --steps %d --batch 1 --save-every %d "
+               "--previews 0 --out %s --foreground", budget, images, FULL_STEPS, FULL_SAVE,
+               run_dir);
+            if (strstr(out, "loss.csv: cannot write"))
+                break;
+            budget += strstr(out, "state.safetensors") ? 8 : -8;
+        }
+        snprintf(run_dir, sizeof run_dir, "%s/fullcsv", dir);
         full_disk_trial(home, images, run_dir, budget, "loss.csv: cannot write", ref_loss,
                         ref_rows, n_rows);
     }
@@ -626,4 +642,173 @@ TEST(worker_full_disk_pauses_a_sampling_job_and_resume_makes_the_rest)
         ledger_run_free(&r);
     }
     ledger_close(l);
+}
+
+TEST(worker_export_run_takes_its_checkpoints_from_the_ledger)
+{
+    const char *dir = test_tmpdir();
+    char home[700], images[700], run_dir[700], path[900];
+    snprintf(home, sizeof home, "%s/home", dir);
+    snprintf(run_dir, sizeof run_dir, "%s/exp", dir);
+    make_images(dir, images, sizeof images);
+    REQUIRE(sh(home, 0, "bin/coin train --model " MODEL " --images %s --token '<ex-1>' "
+               "--init hand --steps 6 --batch 1 --save-every 3 --previews 0 --out %s "
+               "--foreground", images, run_dir) == 0);
+    static const char *const formats[] = {"diffusers", "a1111", "kohya"};
+    for (int f = 0; f < 3; f++) {
+        CHECK_EQ_INT(sh(home, 0, "bin/coin export 1 --format %s", formats[f]), 0);
+        snprintf(path, sizeof path, "%s/ex-1-steps-6-%s.safetensors", run_dir, formats[f]);
+        CHECK_STR_CONTAINS(out, path);
+        ti_embedding got, want;
+        coin_error err = {0};
+        char step6[900];
+        snprintf(step6, sizeof step6, "%s/learned_embeds-steps-6.safetensors", run_dir);
+        if (embedding_load(&got, path, NULL, &err) == 0) {
+            if (embedding_load(&want, step6, NULL, &err) == 0) {
+                CHECK(got.n_vectors == want.n_vectors && got.width == want.width &&
+                      !memcmp(got.vectors, want.vectors,
+                              (size_t)(got.n_vectors * got.width) * sizeof(float)));
+                embedding_free(&want);
+            }
+            /* diffusers keeps the trigger as its key; the others name it by the file */
+            if (f == 0)
+                CHECK(!strcmp(got.token, "<ex-1>"));
+            embedding_free(&got);
+        } else {
+            test_failed(__FILE__, __LINE__, "%s", err.msg);
+        }
+    }
+    /* An earlier checkpoint, and one that does not exist. */
+    CHECK_EQ_INT(sh(home, 0, "bin/coin export 1 --format kohya --step 3 --out %s/k3.safetensors",
+                    dir), 0);
+    CHECK_EQ_INT(sh(home, 0, "bin/coin export 1 --format kohya --step 4"), 1);
+    CHECK_STR_CONTAINS(out, "no checkpoint at step 4 (it has: 3, 6)");
+    /* A checkpoint file changed since it was recorded is refused. */
+    snprintf(path, sizeof path, "%s/learned_embeds-steps-3.safetensors", run_dir);
+    FILE *fp = fopen(path, "r+b");
+    REQUIRE(fp);
+    fseek(fp, -1, SEEK_END);
+    int last = fgetc(fp);
+    fseek(fp, -1, SEEK_END);
+    fputc(last ^ 1, fp);
+    fclose(fp);
+    CHECK_EQ_INT(sh(home, 0, "bin/coin export 1 --format a1111 --step 3"), 1);
+    CHECK_STR_CONTAINS(out, "has changed since run 1 recorded it");
+}
+
+/* In a child process of its own mount namespace: a real tmpfs of 24 kB (six 4 kB pages)
+ * holds the training folder (the ledger stays outside), the run fills it
+ * and pauses, the tmpfs is made bigger, and coin resume finishes the run.
+ * Returns a sentence on failure, NULL on success; 77 from the child means
+ * this machine cannot mount one (not root, no namespaces). */
+static const char *tmpfs_trial(const char *home, const char *images, const char *fs,
+                               const float *ref_loss, const float *ref_rows, int n_rows)
+{
+    static char why[2000];
+    if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
+        mkdir(fs, 0755) != 0 || mount("tmpfs", fs, "tmpfs", 0, "size=24k") != 0)
+        _exit(77);
+    char run_dir[800];
+    snprintf(run_dir, sizeof run_dir, "%s/run", fs);
+    int rc = sh(home, 0, "bin/coin train --model " MODEL " --images %s --token '<k>' --init hand "
+                "--steps %d --batch 1 --save-every %d --previews 0 --out %s --foreground", images,
+                FULL_STEPS, FULL_SAVE, run_dir);
+    if (rc != 1 || !strstr(out, "paused: the disk is full") || !strstr(out, "No space left")) {
+        snprintf(why, sizeof why, "on a full tmpfs: exit %d: %.1500s", rc, out);
+        return why;
+    }
+    const char *said = strstr(out, "paused: ");
+    printf("    tmpfs: %.*s\n", said ? (int)strcspn(said, ";") : 0, said ? said : "");
+    ledger *l = open_ledger(home);
+    ledger_run r;
+    int64_t run = l ? run_of(l, run_dir) : 0;
+    int paused = run && ledger_get_run(l, run, &r, NULL) == 0 && !strcmp(r.status, "paused");
+    if (run && paused)
+        ledger_run_free(&r);
+    ledger_close(l);
+    if (!paused)
+        return "on a full tmpfs: the run is not paused in the ledger";
+    if (count_temp_files(run_dir))
+        return "on a full tmpfs: temporary files were left behind";
+    /* Space again. */
+    if (mount(NULL, fs, NULL, MS_REMOUNT, "size=4m") != 0)
+        return "cannot make the tmpfs bigger";
+    if (sh(home, 0, "bin/coin resume %lld --foreground", (long long)run) != 0) {
+        snprintf(why, sizeof why, "resume after the tmpfs grew: %.1500s", out);
+        return why;
+    }
+    l = open_ledger(home);
+    if (l)
+        check_finished(l, run_dir, FULL_STEPS, ref_loss, ref_rows, n_rows);
+    ledger_close(l);
+    return test_has_failed() ? "the resumed run is not the uninterrupted one (see above)" : NULL;
+}
+
+TEST(worker_full_tmpfs_pauses_the_job_and_resume_finishes_it)
+{
+    const char *dir = test_tmpdir();
+    char home[700], images[700], ref[700], fs[700];
+    snprintf(home, sizeof home, "%s/home", dir);
+    snprintf(ref, sizeof ref, "%s/ref", dir);
+    snprintf(fs, sizeof fs, "%s/fs", dir);
+    make_images(dir, images, sizeof images);
+    float *ref_loss = NULL, ref_rows[4096];
+    int n_rows = 0;
+    REQUIRE(reference_run(home, images, ref, FULL_STEPS, FULL_SAVE, &ref_loss, ref_rows,
+                          &n_rows));
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        const char *why = tmpfs_trial(home, images, fs, ref_loss, ref_rows, n_rows);
+        if (why)
+            printf("    %s\n", why);
+        fflush(NULL);
+        _exit(why ? 1 : 0);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    free(ref_loss);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 77) {
+        test_skip("no tmpfs can be mounted here (needs root or user namespaces)");
+        return;
+    }
+    CHECK_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the tmpfs trial failed (status %d)",
+              status);
+}
+
+/* The contents of a small file ("" when unreadable). */
+static const char *slurp(const char *path)
+{
+    static char buf[16384];
+    FILE *f = fopen(path, "r");
+    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    buf[n] = '\0';
+    if (f)
+        fclose(f);
+    return buf;
+}
+
+TEST(worker_ctrl_c_stops_following_not_the_job)
+{
+    const char *dir = test_tmpdir();
+    char home[700], images[700], run_dir[700], log[700];
+    snprintf(home, sizeof home, "%s/home", dir);
+    snprintf(run_dir, sizeof run_dir, "%s/ctrlc", dir);
+    snprintf(log, sizeof log, "%s/follow.log", dir);
+    make_images(dir, images, sizeof images);
+    char *args[] = {"bin/coin", "train", "--model", MODEL, "--images", images, "--token", "<c>",
+                    "--init", "hand", "--steps", "200", "--batch", "1", "--save-every", "50",
+                    "--previews", "0", "--out", run_dir, NULL};
+    pid_t pid = start_coin(home, log, args);
+    REQUIRE(pid > 0);
+    double t0 = now_s();
+    while (now_s() - t0 < 30 && !strstr(slurp(log), "running (its output"))
+        usleep(20000);
+    CHECK_STR_CONTAINS(slurp(log), "Ctrl-C stops following, not the run");
+    kill(pid, SIGINT);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK_STR_CONTAINS(slurp(log), "stopped following; run 1 goes on in the background");
+    CHECK(wait_status(home, 1, "done", 60));
 }

@@ -22,7 +22,13 @@ static const char RUNS_HELP[] =
     "\n"
     "Lists every training and sampling run in the ledger ($COIN_HOME, default\n"
     "~/.local/share/coin), newest first: id, kind, trigger, model, status,\n"
-    "step / steps, last loss, start time.\n";
+    "step / steps (images / images for sampling), last loss, start time.\n"
+    "\n"
+    "status: queued (waiting for the worker), running, paused or stopped (coin\n"
+    "pause / coin stop, or paused by a full disk: the error says so), done, failed\n"
+    "(coin show run N says why), interrupted (its process died: a crash, kill -9,\n"
+    "a lost machine; any coin start notices).  coin resume N continues paused,\n"
+    "stopped, interrupted and failed training runs from their last checkpoint.\n";
 
 static int print_row(void *ctx, const ledger_run_row *r)
 {
@@ -130,6 +136,17 @@ int cmd_show_ledger(const char *what, const char *id_text)
             printf("backend: %s %s, coin %s on %s\n", r.backend ? r.backend : "-",
                    r.precision ? r.precision : "", r.coin_version ? r.coin_version : "-",
                    r.host ? r.host : "-");
+            if (r.out_dir)
+                printf("folder:  %s\n", r.out_dir);
+            char log[4096], name[32];
+            snprintf(name, sizeof name, "run-%lld", id);
+            ledger_job job;
+            if (ledger_get_job(l, id, &job, NULL) == 0) {
+                if (!job_log_path(log, sizeof log, name, NULL))
+                    printf("job:     on %s, taken %d time%s; output: %s\n", job.device,
+                           job.attempts, job.attempts == 1 ? "" : "s", log);
+                ledger_job_free(&job);
+            }
             if (r.error)
                 printf("error:   %s\n", r.error);
             printf("config:  %s\n", r.config_json ? r.config_json : "{}");
@@ -224,6 +241,10 @@ static int resume_run(ledger *l, const ledger_run *r, const job_flags *jf)
         rc = coin_fail(&err, COIN_ENOTFOUND, "run %lld never reached a checkpoint (%s does not "
                        "exist) and has no job to start again", id, state);
     }
+    /* A run just asked to pause may still be writing its checkpoint:
+     * whether it has one is known once its trainer lets the folder go. */
+    if (!rc && r->out_dir && path_is_dir(r->out_dir) == 1)
+        rc = ti_wait_for_folder(r->out_dir, 120, &err);
     if (rc) {
         ledger_job_free(&job);
         ledger_close(l);
@@ -239,9 +260,13 @@ static int resume_run(ledger *l, const ledger_run *r, const job_flags *jf)
             snprintf(run_text, sizeof run_text, "%lld", id);
             char *fg[] = {"train", "--resume", (char *)r->out_dir, "--foreground", "--job",
                           run_text, NULL};
+            /* Out of paused or stopped first (a pause asked before a job
+             * starts stands), into a status no worker takes from the queue
+             * and that the trainer's start replaces with running. */
+            rc = ledger_set_run_status(l, r->id, "interrupted", r->error, &err);
             ledger_job_free(&job);
             ledger_close(l);
-            return cmd_train(6, fg);
+            return rc ? cli_report(&err) : cmd_train(6, fg);
         }
         rc = job_queue(l, r->id, 3, args, dev, &err);
     } else if (jf->foreground) {

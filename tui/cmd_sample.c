@@ -453,7 +453,7 @@ int cmd_sample(int argc, char **argv)
                      .precision = "fp32", .coin_version = COIN_VERSION,
                      .steps_planned = (int)a.batch};
     if (jf.job_run) {
-        record_attach(&rec, jf.job_run, &lr, p->ck->path, h.model, p->ck->version, 0);
+        record_attach(&rec, jf.job_run, &lr, p->ck->path, h.model, p->ck->version, 0, 1);
         if (rec.l)
             ledger_list_samples(rec.l, rec.run, 0, collect_made, &made, NULL);
     } else {
@@ -585,22 +585,149 @@ int cmd_show(int argc, char **argv)
 
 static const char REGEN_HELP[] =
     "usage: coin regen IMAGE.png|SAMPLE [--out NEW.png] [--backend B]\n"
+    "       coin regen --from IMAGE.png [--model MODEL] [--embedding FILE]...\n"
+    "                  [--out NEW.png] [--backend B]\n"
     "\n"
-    "Makes IMAGE again from the recipe coin stored in it: the same model and\n"
-    "embeddings (checked by sha256), prompt, seed, sampler, steps, guidance, size\n"
-    "and RNG.  Writes NEW.png (default IMAGE-regen.png) and compares the pixels:\n"
-    "exit 0 when they are identical, 1 when they differ (with how much) or the\n"
-    "files the recipe names have changed.  Identical results are promised on the\n"
-    "backend that made the image.\n";
+    "Makes IMAGE again from the recipe coin stored in it (or, for SAMPLE, the\n"
+    "image the ledger recorded): the same model and embeddings (checked by\n"
+    "sha256), prompt, seed, sampler, steps, guidance, size and RNG.  Writes NEW.png\n"
+    "(default IMAGE-regen.png) and compares the pixels: exit 0 when they are\n"
+    "identical, 1 when they differ (with how much) or the files the recipe names\n"
+    "have changed.  Identical results are promised on the backend that made the\n"
+    "image.\n"
+    "\n"
+    "--from IMAGE.png also takes images made by AUTOMATIC1111 (or any tool that\n"
+    "writes its \"parameters\" text): prompt, negative prompt, steps, sampler\n"
+    "(Euler, Euler a, DPM++ 2M, DDIM, PLMS), schedule (Automatic, Karras), CFG\n"
+    "scale, seed, size and RNG (GPU/NV, CPU) are used; the model is found in the\n"
+    "ledger by its \"Model hash\" or given with --model (its hash is checked), and\n"
+    "each embedding the text lists (TI hashes) must be given with --embedding.\n"
+    "Settings coin does not support (hires fix, LoRA, clip skip other than 1,\n"
+    "another VAE, ...) are named and left out; the comparison then shows how\n"
+    "much they mattered.\n";
+
+/* Known keys of an AUTOMATIC1111 text that do not change the pixels. */
+static int harmless_extra(const infotext_kv *kv)
+{
+    return !strcmp(kv->key, "Model") || !strcmp(kv->key, "Version") ||
+           !strcmp(kv->key, "User") || (!strcmp(kv->key, "Clip skip") && !strcmp(kv->value, "1"));
+}
+
+/* An AUTOMATIC1111 "parameters" text as a recipe: model and embeddings by
+ * their short hashes (10 and 12 hex digits, which the comparison takes as
+ * prefixes), the model found in the ledger unless model is given.
+ * Settings coin cannot follow are printed; a missing required one fails. */
+static int recipe_from_infotext(const char *image, const char *text, const char *model,
+                                const char **embeddings, int n_emb, recipe *r, coin_error *err)
+{
+    infotext it;
+    memset(r, 0, sizeof *r);
+    int rc = infotext_parse(text, &it, err);
+    if (rc)
+        return rc;
+    const unsigned need = INFOTEXT_STEPS | INFOTEXT_CFG | INFOTEXT_SEED | INFOTEXT_SIZE;
+    int sampler = sampler_parse(it.sampler);
+    const char *rng = infotext_rng_to_coin(it.rng);
+    char unsupported[2048] = "";
+    size_t un = 0;
+    for (size_t i = 0; i < it.n_extra; i++)
+        if (!harmless_extra(&it.extra[i]))
+            un += (size_t)snprintf(unsupported + un, un < sizeof unsupported ? sizeof unsupported - un : 0,
+                                   "%s%s: %s", un ? ", " : "", it.extra[i].key, it.extra[i].value);
+    int karras = it.schedule_type && !strcmp(it.schedule_type, "Karras");
+    if (it.schedule_type && !karras && strcmp(it.schedule_type, "Automatic"))
+        un += (size_t)snprintf(unsupported + un, un < sizeof unsupported ? sizeof unsupported - un : 0,
+                               "%sSchedule type: %s", un ? ", " : "", it.schedule_type);
+    if ((it.have & need) != need)
+        rc = coin_fail(err, COIN_EFORMAT, "%s: the parameters text lacks %s%s%s%s", image,
+                       it.have & INFOTEXT_STEPS ? "" : "Steps ", it.have & INFOTEXT_CFG ? "" : "CFG scale ",
+                       it.have & INFOTEXT_SEED ? "" : "Seed ", it.have & INFOTEXT_SIZE ? "" : "Size");
+    else if (sampler < 0)
+        rc = coin_fail(err, COIN_EUNSUPPORTED, "%s was made with the sampler \"%s\", which coin "
+                       "does not have (it has Euler, Euler a, DPM++ 2M, DDIM, PLMS)", image,
+                       it.sampler ? it.sampler : "(none)");
+    else if (!rng)
+        rc = coin_fail(err, COIN_EUNSUPPORTED, "%s was made with the RNG \"%s\", which coin does "
+                       "not have (GPU/NV or CPU)", image, it.rng);
+    else if (it.seed < 0)
+        rc = coin_fail(err, COIN_EUNSUPPORTED, "%s: seed %lld (random) cannot be made again",
+                       image, (long long)it.seed);
+    else if (it.n_ti > RECIPE_MAX_EMBEDDINGS)
+        rc = coin_fail(err, COIN_EUNSUPPORTED, "%s uses %zu embeddings; coin takes at most %d",
+                       image, it.n_ti, RECIPE_MAX_EMBEDDINGS);
+    if (!rc && !model && !it.model_hash)
+        rc = coin_fail(err, COIN_EINVAL, "%s does not say which model made it (no Model hash); "
+                       "give it with --model", image);
+    char *found = NULL;
+    if (!rc && !model) {
+        ledger *l;
+        if (!(rc = cli_open_ledger(&l, err))) {
+            rc = ledger_find_model(l, it.model_hash, &found, err);
+            ledger_close(l);
+        }
+    }
+    /* Each embedding it names must be among the files given. */
+    for (size_t i = 0; !rc && i < it.n_ti; i++) {
+        int k = 0;
+        char hash[65] = "";
+        for (; k < n_emb; k++) {
+            uint8_t digest[32];
+            if (!sha256_file(embeddings[k], digest, NULL, NULL, NULL))
+                sha256_hex(digest, hash);
+            if (!strncmp(hash, it.ti[i].hash, strlen(it.ti[i].hash)))
+                break;
+        }
+        if (k == n_emb)
+            rc = coin_fail(err, COIN_ENOTFOUND, "%s uses the embedding \"%s\" (hash %s); give its "
+                           "file with --embedding FILE", image, it.ti[i].name, it.ti[i].hash);
+        else {
+            r->embeddings[r->n_embeddings].path = strdup(embeddings[k]);
+            r->embeddings[r->n_embeddings].token = strdup(it.ti[i].name);
+            snprintf(r->embeddings[r->n_embeddings].sha256, 65, "%s", it.ti[i].hash);
+            r->n_embeddings++;
+        }
+    }
+    if (!rc) {
+        if (un)
+            fprintf(stderr, "warning: %s was made with settings coin does not support, which are "
+                    "left out: %s\n", image, unsupported);
+        r->model.path = strdup(model ? model : found);
+        snprintf(r->model.sha256, sizeof r->model.sha256, "%s", model ? "" : it.model_hash);
+        if (model && it.model_hash)
+            snprintf(r->model.sha256, sizeof r->model.sha256, "%s", it.model_hash);
+        r->prompt = strdup(it.prompt ? it.prompt : "");
+        r->negative = strdup(it.negative_prompt ? it.negative_prompt : "");
+        r->seed = (uint64_t)it.seed;
+        r->steps = it.steps;
+        r->cfg = (float)it.cfg_scale;
+        snprintf(r->sampler, sizeof r->sampler, "%s", sampler_name((sampler_kind)sampler));
+        r->karras = karras;
+        r->width = it.width;
+        r->height = it.height;
+        snprintf(r->rng, sizeof r->rng, "%s", rng);
+        snprintf(r->backend, sizeof r->backend, "cpu");
+        snprintf(r->precision, sizeof r->precision, "fp32");
+        snprintf(r->prediction, sizeof r->prediction, "auto");
+        if (!r->model.path || !r->prompt || !r->negative)
+            rc = coin_fail(err, COIN_ENOMEM, "out of memory");
+    }
+    free(found);
+    infotext_free(&it);
+    return rc;
+}
 
 int cmd_regen(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"out", required_argument, 0, 'o'}, {"backend", required_argument, 0, 'B'},
+        {"from", required_argument, 0, 'f'}, {"model", required_argument, 0, 'm'},
+        {"embedding", required_argument, 0, 'e'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    const char *out = NULL, *backend = NULL;
-    int c;
-    while ((c = getopt_long(argc, argv, "o:B:h", opts, NULL)) != -1) {
+    const char *out = NULL, *backend = NULL, *from = NULL, *model = NULL;
+    const char *embeddings[RECIPE_MAX_EMBEDDINGS];
+    int n_emb = 0, c;
+    optind = 0;
+    while ((c = getopt_long(argc, argv, "o:B:f:m:e:h", opts, NULL)) != -1) {
         if (c == 'h') {
             fputs(REGEN_HELP, stdout);
             return 0;
@@ -609,12 +736,21 @@ int cmd_regen(int argc, char **argv)
             out = optarg;
         else if (c == 'B')
             backend = optarg;
+        else if (c == 'f')
+            from = optarg;
+        else if (c == 'm')
+            model = optarg;
+        else if (c == 'e' && n_emb < RECIPE_MAX_EMBEDDINGS)
+            embeddings[n_emb++] = optarg;
         else
-            return cli_usage_error("regen", "bad option");
+            return cli_usage_error("regen", c == 'e' ? "too many --embedding files" : "bad option");
     }
-    if (optind != argc - 1)
-        return cli_usage_error("regen", "give exactly one IMAGE.png or SAMPLE id");
-    const char *image = argv[optind];
+    if (from ? optind != argc : optind != argc - 1)
+        return cli_usage_error("regen", "give exactly one IMAGE.png or SAMPLE id (or --from "
+                               "IMAGE.png)");
+    if (!from && (model || n_emb))
+        return cli_usage_error("regen", "--model and --embedding go with --from IMAGE.png");
+    const char *image = from ? from : argv[optind];
     char *from_ledger = NULL;
     coin_error lerr = {0};
     if (image[strspn(image, "0123456789")] == '\0') {
@@ -643,15 +779,29 @@ int cmd_regen(int argc, char **argv)
     const char *stored;
     if (image_read_png_text(image, &texts, &err))
         goto done;
-    if (!(stored = image_text_get(&texts, "coin"))) {
+    const char *a1111 = image_text_get(&texts, "parameters");
+    stored = image_text_get(&texts, "coin");
+    if (!stored && !(from && a1111)) {
         coin_fail(&err, COIN_ENOTFOUND, "%s has no coin recipe: only images coin made can be "
-                  "regenerated bit for bit", image);
+                  "regenerated bit for bit%s", image, a1111 ? " (it has AUTOMATIC1111's "
+                  "parameters: coin regen --from IMAGE.png follows them as far as it can)" : "");
         goto done;
     }
-    if (recipe_from_json(stored, &r, &err) ||
-        backend_by_name(&be, backend ? backend : r.backend, &err))
+    if (stored ? recipe_from_json(stored, &r, &err)
+               : recipe_from_infotext(image, a1111, model, embeddings, n_emb, &r, &err))
         goto done;
-    if (strcmp(be->name, r.backend))
+    if (stored && model)
+        fprintf(stderr, "warning: %s names its model in its coin recipe; --model is not used\n",
+                image);
+    if (backend_by_name(&be, backend ? backend : stored ? r.backend : "auto", &err))
+        goto done;
+    if (!stored)
+        fprintf(stderr, "%s: made by %s; from its parameters on the %s backend (pixels made by "
+                "another program are not expected to match bit for bit)\n", image,
+                image_text_get(&texts, "parameters") && strstr(a1111, "Version: coin") ? "coin"
+                                                                                      : "another program",
+                be->name);
+    else if (strcmp(be->name, r.backend))
         fprintf(stderr, "warning: %s was made on the %s backend; on %s the pixels may differ in "
                 "the last bits\n", image, r.backend, be->name);
     sd_prediction pred = !strcmp(r.prediction, "v_prediction") ? PRED_V :
@@ -659,7 +809,8 @@ int cmd_regen(int argc, char **argv)
     if (pipeline_open(&p, r.model.path, SD_UNKNOWN, pred, be, &err) ||
         cli_hash_file(checkpoint_main_file(p->ck), "the model", h.model, &err))
         goto done;
-    if (strcmp(h.model, r.model.sha256)) {
+    /* A parameters text names files by the start of their sha256. */
+    if (strncmp(h.model, r.model.sha256, strlen(r.model.sha256))) {
         coin_fail(&err, COIN_EINVAL, "%s is not the model that made %s: its sha256 is %.12s..., "
                   "the recipe says %.12s...", r.model.path, image, h.model, r.model.sha256);
         goto done;
@@ -668,7 +819,7 @@ int cmd_regen(int argc, char **argv)
         if (pipeline_add_embedding(p, r.embeddings[i].path, &err) ||
             cli_hash_file(r.embeddings[i].path, r.embeddings[i].token, h.embeddings[i], &err))
             goto done;
-        if (strcmp(h.embeddings[i], r.embeddings[i].sha256)) {
+        if (strncmp(h.embeddings[i], r.embeddings[i].sha256, strlen(r.embeddings[i].sha256))) {
             coin_fail(&err, COIN_EINVAL, "the embedding %s has changed since %s was made",
                       r.embeddings[i].path, image);
             goto done;

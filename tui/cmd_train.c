@@ -279,7 +279,7 @@ static int start_record(recorder *rec, ti_config *c, const char *resume, int ste
         }
     }
     if (existing) {
-        record_attach(rec, existing, &run, model, sha, version, from_step);
+        record_attach(rec, existing, &run, model, sha, version, from_step, job_run != 0);
         /* The checkpoint resumed from may have been written just before a
          * crash took its ledger row with it. */
         char step_file[4200];
@@ -312,6 +312,14 @@ static int queue_train(ti_config *c, const char *resume, int steps_given, const 
     } else {
         char state[4200];
         snprintf(state, sizeof state, "%s/state.safetensors", out_dir);
+        /* What can be checked without loading anything fails now, not in
+         * the worker. */
+        if (!path_exists(c->model) || path_is_dir(c->images) != 1) {
+            coin_fail(&err, COIN_ENOTFOUND, "%s: no such %s", path_exists(c->model) ? c->images
+                                                                                  : c->model,
+                      path_exists(c->model) ? "folder" : "file or folder");
+            return cli_report(&err);
+        }
         if (path_exists(state)) {
             coin_fail(&err, COIN_EINVAL, "%s already holds a training run; continue it with "
                       "coin train --resume %s, or choose another output folder", c->out_dir,
@@ -493,6 +501,13 @@ static int train_main(int argc, char **argv, int job_argc, char **job_argv, cons
     }
     if (!jf->foreground)
         return queue_train(&c, resume, steps_given, be, job_argc, job_argv, jf);
+    /* A queued fresh job whose folder got a checkpoint meanwhile (it was
+     * started again after a pause) continues from it. */
+    char state_path[1200];
+    if (jf->job_run && !resume &&
+        !path_join(state_path, sizeof state_path, c.out_dir, "state.safetensors", NULL) &&
+        path_exists(state_path))
+        resume = c.out_dir;
     struct sigaction sa = {.sa_handler = on_sigint};
     sigaction(SIGINT, &sa, NULL);
     train_view view = {0};

@@ -301,11 +301,18 @@ int job_follow(int64_t run)
             break;
         }
         /* A worker that died leaves its run 'running': look every few
-         * seconds, as any coin start does. */
+         * seconds, as any coin start does.  A job still queued with no
+         * worker holding its device (one that crashed, or was killed)
+         * gets a new worker. */
         if (++polls % 10 == 0) {
             char host[256] = "";
             gethostname(host, sizeof host - 1);
             ledger_mark_dead_runs(l, host, NULL, NULL);
+            ledger_job job;
+            if (!strcmp(last_status, "queued") && ledger_get_job(l, run, &job, NULL) == 0) {
+                job_ensure_worker(job.device, NULL);
+                ledger_job_free(&job);
+            }
         }
         usleep(200000);
     }

@@ -17,6 +17,7 @@ typedef struct recorder {
     ledger *l;                  /* NULL: no ledger this time */
     int64_t run;
     int disk_full;              /* a ledger write failed for want of space */
+    double asked_at;            /* when record_requested last read the status */
     int n;                      /* buffered losses */
     int steps[RECORD_BATCH];
     float loss[RECORD_BATCH], lr[RECORD_BATCH];
@@ -35,9 +36,10 @@ void record_start(recorder *r, ledger_run *run, const char *model_path,
  * training run being resumed): fills in its description (NULL fields keep
  * what is recorded), forgets what it recorded after step from_step (the
  * checkpoint it continues from; 0 for a job starting afresh) and marks it
- * running. */
+ * running.  is_job: the worker took it from the queue, and a pause or stop
+ * asked since then stands. */
 void record_attach(recorder *r, int64_t run, ledger_run *desc, const char *model_path,
-                   const char *model_sha256, int version, int from_step);
+                   const char *model_sha256, int version, int from_step, int is_job);
 /* Buffers one training step's loss; writes a batch when the buffer fills. */
 void record_loss(recorder *r, int step, float loss, float lr);
 /* Writes buffered losses. */
@@ -47,7 +49,8 @@ void record_checkpoint(recorder *r, int step, const char *path);
 /* Records an image (hashing the file); s->run is filled in. */
 void record_sample(recorder *r, ledger_sample *s);
 /* "paused" or "stopped" when someone asked the run to pause or stop
- * (coin pause / coin stop set the run's status in the ledger), else NULL. */
+ * (coin pause / coin stop set the run's status in the ledger), else NULL.
+ * Reads the ledger at most every 0.2 s. */
 const char *record_requested(recorder *r);
 /* Flushes, sets the final status ("done", "stopped", "failed") with the
  * error text, and closes the ledger. */

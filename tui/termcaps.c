@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/ioctl.h>
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
@@ -124,11 +125,11 @@ static void take_sequence(char private_mark, const long *p, int np, char final,
 {
     if (final == 'c' && private_mark == '?') {
         a->da1 = 1;
-        /* The first number is the conformance level (61..65 for VT100 to
-         * VT500 style answers), the extension attributes follow.  An old
-         * VT100 answer "?1;Nc" is an option bit mask instead, where 4 is
-         * the graphics processor option, not sixel. */
-        if (np > 0 && p[0] >= 60 && p[0] <= 69)
+        /* The first number is the conformance level (61..65), the
+         * attributes follow, 4 being sixel.  tmux built with sixel answers
+         * in the VT100 form "?1;2;4c" with the same meaning (a real VT100's
+         * "4" was its graphics processor option, a museum piece). */
+        if (np > 0)
             for (int i = 1; i < np; i++)
                 if (p[i] == 4)
                     a->sixel = 1;
@@ -162,7 +163,7 @@ static void scan_answers(const char *s, size_t n, answers *a)
         if (i < n && (s[i] == '?' || s[i] == '>' || s[i] == '='))
             mark = s[i++];
         long p[MAX_PARAMS];
-        int np = 0, digits = 0, ok = 1;
+        int np = 0, digits = 0;
         long cur = 0;
         for (; i < n; i++) {
             unsigned char c = (unsigned char)s[i];
@@ -183,9 +184,7 @@ static void scan_answers(const char *s, size_t n, answers *a)
             break;                      /* incomplete at the end */
         unsigned char final = (unsigned char)s[i];
         if (final < 0x40 || final > 0x7e)
-            ok = 0;                     /* an ESC or garbage cut it: rescan from here */
-        if (!ok)
-            continue;
+            continue;                   /* an ESC or garbage cut it: rescan from here */
         i++;
         if (np < MAX_PARAMS && (digits || np > 0))
             p[np++] = digits ? cur : 0;
@@ -278,10 +277,28 @@ static size_t ask(int in_fd, int out_fd, int timeout_ms, char *buf, size_t cap, 
     return len;
 }
 
+/* The cell size from the tty's window size in pixels, which xterm, VTE,
+ * tmux 3.3+ (for its panes) and sshd (from the client's pty request) fill
+ * in; many terminals leave the pixel fields 0. */
+static void cell_size_from_winsize(int fd, term_caps *caps)
+{
+    struct winsize ws;
+    if (ioctl(fd, TIOCGWINSZ, &ws) != 0 || ws.ws_col == 0 || ws.ws_row == 0)
+        return;
+    int w = ws.ws_xpixel / ws.ws_col, h = ws.ws_ypixel / ws.ws_row;
+    if (w > 0 && h > 0 && w <= 1000 && h <= 1000) {
+        caps->cell_w = w;
+        caps->cell_h = h;
+    }
+}
+
 void termcaps_query(int in_fd, int out_fd, int timeout_ms, term_caps *caps)
 {
     termcaps_from_env(caps);
-    if (timeout_ms <= 0 || !isatty(in_fd) || !isatty(out_fd))
+    if (!isatty(in_fd) || !isatty(out_fd))
+        return;
+    cell_size_from_winsize(out_fd, caps);
+    if (timeout_ms <= 0)
         return;
     /* A background job must not touch the terminal (it would be stopped,
      * or steal the foreground's input).  ENOTTY: not our controlling

@@ -7,6 +7,8 @@
 
 #include "core/image.h"
 
+#include <math.h>
+#include <pthread.h>
 #include <sixel/sixel.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -206,42 +208,9 @@ static void wrap_tmux(const strbuf *in, strbuf *out)
 typedef struct { uint8_t r, g, b; } rgb8;
 
 /* xterm's 256-colour palette beyond the 16 system colours: a 6x6x6 cube on
- * these levels, then 24 greys 8, 18, ..., 238. */
+ * these levels, then 24 greys 8, 18, ..., 238.  The system colours 0..15
+ * are not used: every terminal paints them differently. */
 static const uint8_t cube_levels[6] = {0, 95, 135, 175, 215, 255};
-
-static int nearest_cube_level(int v)
-{
-    int best = 0;
-    for (int i = 1; i < 6; i++)
-        if (abs(v - cube_levels[i]) < abs(v - cube_levels[best]))
-            best = i;
-    return best;
-}
-
-static int dist2(int r, int g, int b, int r2, int g2, int b2)
-{
-    return (r - r2) * (r - r2) + (g - g2) * (g - g2) + (b - b2) * (b - b2);
-}
-
-/* The xterm colour index 16..255 nearest to c (squared RGB distance; the
- * cube's nearest point is found per channel, the grey ramp's by mean).  The
- * system colours 0..15 are skipped: every terminal paints them differently. */
-int termimg_xterm256_index(uint8_t r, uint8_t g, uint8_t b)
-{
-    int ri = nearest_cube_level(r), gi = nearest_cube_level(g), bi = nearest_cube_level(b);
-    int cube = 16 + 36 * ri + 6 * gi + bi;
-    int cd = dist2(r, g, b, cube_levels[ri], cube_levels[gi], cube_levels[bi]);
-    int best_grey = 0, gd = 1 << 30;
-    for (int i = 0; i < 24; i++) {
-        int v = 8 + 10 * i;
-        int d = dist2(r, g, b, v, v, v);
-        if (d < gd) {
-            gd = d;
-            best_grey = i;
-        }
-    }
-    return gd < cd ? 232 + best_grey : cube;
-}
 
 /* xterm's default colours 0..7 (the 8-colour fallback's palette). */
 static const rgb8 ansi8[8] = {
@@ -249,17 +218,73 @@ static const rgb8 ansi8[8] = {
     {0, 0, 238}, {205, 0, 205}, {0, 205, 205}, {229, 229, 229},
 };
 
-static int nearest_ansi8(rgb8 c)
+/*
+ * Nearest is judged in CIELAB (CIE76 distance, D65 white), not in RGB: by
+ * RGB distance the 24 closely spaced greys beat the coarse cube for every
+ * muted colour, and a dusky sky or a green hill came out grey (seen in
+ * xterm); in Lab, hue differences weigh as the eye weighs them.
+ */
+typedef struct { float l, a, b; } lab;
+
+static float srgb_linear[256];
+static lab pal256_lab[240], ansi8_lab[8];
+static pthread_once_t lab_once = PTHREAD_ONCE_INIT;
+
+static float lab_f(float t)
 {
-    int best = 0, bd = 1 << 30;
-    for (int i = 0; i < 8; i++) {
-        int d = dist2(c.r, c.g, c.b, ansi8[i].r, ansi8[i].g, ansi8[i].b);
+    const float d = 6.0f / 29.0f;
+    return t > d * d * d ? cbrtf(t) : t / (3 * d * d) + 4.0f / 29.0f;
+}
+
+static lab to_lab(int r, int g, int b)
+{
+    float R = srgb_linear[r], G = srgb_linear[g], B = srgb_linear[b];
+    float x = (0.4124f * R + 0.3576f * G + 0.1805f * B) / 0.95047f;
+    float y = 0.2126f * R + 0.7152f * G + 0.0722f * B;
+    float z = (0.0193f * R + 0.1192f * G + 0.9505f * B) / 1.08883f;
+    float fx = lab_f(x), fy = lab_f(y), fz = lab_f(z);
+    return (lab){116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)};
+}
+
+static void init_lab_tables(void)
+{
+    for (int i = 0; i < 256; i++) {
+        float c = i / 255.0f;
+        srgb_linear[i] = c <= 0.04045f ? c / 12.92f : powf((c + 0.055f) / 1.055f, 2.4f);
+    }
+    for (int i = 0; i < 216; i++)
+        pal256_lab[i] = to_lab(cube_levels[i / 36], cube_levels[i / 6 % 6], cube_levels[i % 6]);
+    for (int i = 0; i < 24; i++)
+        pal256_lab[216 + i] = to_lab(8 + 10 * i, 8 + 10 * i, 8 + 10 * i);
+    for (int i = 0; i < 8; i++)
+        ansi8_lab[i] = to_lab(ansi8[i].r, ansi8[i].g, ansi8[i].b);
+}
+
+static int nearest_lab(lab c, const lab *pal, int n)
+{
+    int best = 0;
+    float bd = 1e30f;
+    for (int i = 0; i < n; i++) {
+        float dl = c.l - pal[i].l, da = c.a - pal[i].a, db = c.b - pal[i].b;
+        float d = dl * dl + da * da + db * db;
         if (d < bd) {
             bd = d;
             best = i;
         }
     }
     return best;
+}
+
+int termimg_xterm256_index(uint8_t r, uint8_t g, uint8_t b)
+{
+    pthread_once(&lab_once, init_lab_tables);
+    return 16 + nearest_lab(to_lab(r, g, b), pal256_lab, 240);
+}
+
+static int nearest_ansi8(rgb8 c)
+{
+    pthread_once(&lab_once, init_lab_tables);
+    return nearest_lab(to_lab(c.r, c.g, c.b), ansi8_lab, 8);
 }
 
 /* Appends the SGR parameters (no CSI, no 'm') that make c the foreground
@@ -403,6 +428,9 @@ int termimg_render(const term_caps *caps, const uint8_t *rgb, int w, int h,
     strbuf b = {0};
     int tw, th, uc, ur;
     termimg_fit(caps, w, h, cols, rows, &tw, &th, &uc, &ur);
+    if (tw > IMAGE_MAX_SIDE || th > IMAGE_MAX_SIDE)
+        return coin_fail(err, COIN_EINVAL, "an image of %dx%d pixels is too large to show "
+                         "(%dx%d cells of %dx%d)", tw, th, cols, rows, caps->cell_w, caps->cell_h);
     if (caps->gfx == GFX_SIXEL || caps->gfx == GFX_BLOCKS) {
         uint8_t *px = scaled_copy(rgb, w, h, tw, th, err);
         if (!px)
