@@ -61,6 +61,14 @@ static int wait_for(const char *want, double seconds)
     return 0;
 }
 
+/* A wait that, when it fails, shows what was on the screen instead. */
+#define WAIT(want, seconds)                                                              \
+    do {                                                                                 \
+        if (!wait_for(want, seconds))                                                    \
+            test_failed(__FILE__, __LINE__, "no \"%s\" within %g s; the screen:\n%s", want, \
+                        (double)(seconds), scr);                                          \
+    } while (0)
+
 static void keys(const char *k)
 {
     sh("tmux -S %s send-keys -t wb %s", sock, k);
@@ -110,12 +118,12 @@ TEST(workbench_end_to_end_in_tmux)
     REQUIRE(sh("tmux -S %s -f /dev/null new-session -d -s wb -x 100 -y 30 'sleep 600'", sock) == 0);
     sh("tmux -S %s set-option -g status off", sock);
     start_coin(home);
-    CHECK(wait_for("No runs yet", 20));
+    WAIT("No runs yet", 20);
 
     /* 1. a run from the form: model, images, trigger, init, then steps,
      * batch, checkpoint interval, previews and their steps */
     keys("n");
-    CHECK(wait_for("New training run", 5));
+    WAIT("New training run", 5);
     char k[2048];
     snprintf(k, sizeof k, "C-u '%s/tests/golden/sd1/model.safetensors' Down '%s' Down '<tmx>' "
              "Down hand Down Down C-u 3000", repo, images);
@@ -126,13 +134,13 @@ TEST(workbench_end_to_end_in_tmux)
     screen(scr, sizeof scr);
     CHECK_STR_CONTAINS(scr, "<tmx>");
     keys("C-g");
-    CHECK(wait_for("<tmx>", 30));
-    CHECK(wait_for("running", 60));
+    WAIT("<tmx>", 30);
+    WAIT("running", 60);
     keys("Enter");
-    CHECK(wait_for("Run 1  <tmx>", 10));
+    WAIT("Run 1  <tmx>", 10);
 
     /* 2. the loss curve moves: more steps and braille dots on a later look */
-    CHECK(wait_for("Loss  linear", 10));
+    WAIT("Loss  linear", 10);
     int s1 = title_step();
     int dots1 = count_braille(scr);
     int s2 = s1, dots2 = dots1;
@@ -147,7 +155,7 @@ TEST(workbench_end_to_end_in_tmux)
 
     /* clone: the form holds the run's hyperparameters, with a new folder */
     keys("c");
-    CHECK(wait_for("New training run", 5));
+    WAIT("New training run", 5);
     screen(scr, sizeof scr);
     CHECK_STR_CONTAINS(scr, "<tmx>");
     CHECK_STR_CONTAINS(scr, "steps                    3000");
@@ -156,14 +164,14 @@ TEST(workbench_end_to_end_in_tmux)
     CHECK_STR_CONTAINS(scr, "preview steps            2\n");
     CHECK_STR_CONTAINS(scr, "/runs/tmx-2");
     keys("Escape");
-    CHECK(wait_for("Runs: 1", 5));
+    WAIT("Runs: 1", 5);
     keys("Enter");
-    CHECK(wait_for("Run 1  <tmx>", 10));
+    WAIT("Run 1  <tmx>", 10);
 
     /* 3. a checkpoint and its preview image, drawn in half blocks */
-    CHECK(wait_for("Previews at step 20", 30));
+    WAIT("Previews at step 20", 30);
     keys("Home");
-    CHECK(wait_for("Previews at step 20", 5));
+    WAIT("Previews at step 20", 5);
     /* the picture in U+2580 upper half blocks: a 64x64 image in the rows
      * below the heading, at least a few cells' worth */
     int have_blocks = 0;
@@ -180,34 +188,34 @@ TEST(workbench_end_to_end_in_tmux)
     /* 4. pause (the worker runs one job at a time), then sample from that
      * checkpoint: 2 images of 2 steps */
     keys("p");
-    CHECK(wait_for("paused", 60));
+    WAIT("paused", 60);
     keys("s");
-    CHECK(wait_for("Sample  <tmx>", 5));
+    WAIT("Sample  <tmx>", 5);
     keys("Down Down Down C-u 2 Down Down Down Down Down Down C-u 2");
     keys("C-g");
-    CHECK(wait_for("seed 43", 60));
+    WAIT("seed 43", 60);
     keys("Tab");
     keys("y");
-    CHECK(wait_for("1 rated, 1 good", 10));
+    WAIT("1 rated, 1 good", 10);
     keys("Right");
     keys("n");
-    CHECK(wait_for("2 rated, 1 good", 10));
+    WAIT("2 rated, 1 good", 10);
     /* regenerate the selected image and compare */
     keys("r");
-    CHECK(wait_for("regenerated: identical", 60));
+    WAIT("regenerated: identical", 60);
     screen(scr, sizeof scr);
 
     /* back to the run, which goes on from its checkpoint */
     keys("Escape");
-    CHECK(wait_for("Run 1  <tmx>", 5));
+    WAIT("Run 1  <tmx>", 5);
     keys("r");
-    CHECK(wait_for("running", 60));
+    WAIT("running", 60);
 
     /* 5. resize: too small says so, larger redraws whole */
     sh("tmux -S %s resize-window -t wb -x 70 -y 20", sock);
-    CHECK(wait_for("needs at least 80x24", 5));
+    WAIT("needs at least 80x24", 5);
     sh("tmux -S %s resize-window -t wb -x 120 -y 35", sock);
-    CHECK(wait_for("Run 1  <tmx>", 5));
+    WAIT("Run 1  <tmx>", 5);
     screen(scr, sizeof scr);
     /* 35 rows: the key bar on the last one */
     int lines = 0;
@@ -222,7 +230,7 @@ TEST(workbench_end_to_end_in_tmux)
 
     /* 6. quit with the job running; it goes on; coin again shows it live */
     keys("q");
-    CHECK(wait_for("WB-EXIT=0", 10));
+    WAIT("WB-EXIT=0", 10);
     char cmd[1200], out[4096] = "";
     snprintf(cmd, sizeof cmd, "COIN_HOME=%s bin/coin runs", home);
     FILE *p = popen(cmd, "r");
@@ -233,9 +241,9 @@ TEST(workbench_end_to_end_in_tmux)
     }
     CHECK_STR_CONTAINS(out, "running");
     start_coin(home);
-    CHECK(wait_for("running", 20));
+    WAIT("running", 20);
     keys("End Enter");      /* run 1 is the oldest; the sampling run came after it */
-    CHECK(wait_for("Run 1  <tmx>", 10));
+    WAIT("Run 1  <tmx>", 10);
     int s3 = title_step(), s4 = s3;
     for (int i = 0; i < 200 && s4 <= s3; i++) {
         usleep(100000);
@@ -245,24 +253,24 @@ TEST(workbench_end_to_end_in_tmux)
 
     /* 7. stop asks first, then stops */
     keys("x");
-    CHECK(wait_for("Stop run 1?", 5));
+    WAIT("Stop run 1?", 5);
     keys("y");
-    CHECK(wait_for("stopped", 60));
+    WAIT("stopped", 60);
 
     /* 8. delete the sampling run (asks first): its two images go, the
      * training run and its files stay */
     keys("Escape");
-    CHECK(wait_for("Runs: 2", 5));
+    WAIT("Runs: 2", 5);
     keys("Home d");
-    CHECK(wait_for("Delete run 2?", 5));
+    WAIT("Delete run 2?", 5);
     keys("y");
-    CHECK(wait_for("run 2 deleted, 2 files only it used removed", 10));
-    CHECK(wait_for("Runs: 1", 5));
+    WAIT("run 2 deleted, 2 files only it used removed", 10);
+    WAIT("Runs: 1", 5);
     CHECK(sh("ls %s/samples/*-0.png %s/samples/*-1.png >/dev/null 2>&1", home, home) != 0);
     CHECK(sh("ls %s/runs/tmx-1/learned_embeds.safetensors >/dev/null 2>&1", home) == 0);
 
     keys("q");
-    CHECK(wait_for("WB-EXIT=0", 10));
+    WAIT("WB-EXIT=0", 10);
 
     /* 9. killed by a signal (a crash among them), the terminal comes back:
      * the alternate screen and mouse reporting off */
@@ -270,7 +278,7 @@ TEST(workbench_end_to_end_in_tmux)
                                                               {"SEGV", "WB-EXIT=139"}};
     for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) {
         start_coin(home);
-        CHECK(wait_for("Runs:", 20));
+        WAIT("Runs:", 20);
         CHECK(sh("test \"$(tmux -S %s display -p -t wb '#{alternate_on}#{mouse_any_flag}')\" "
                  "= 11", sock) == 0);
         /* coin is the only child of the pane's shell */
@@ -483,9 +491,9 @@ TEST(workbench_ascii_and_no_color_in_tmux)
     sh("tmux -S %s set-option -g status off", sock);
     sh("tmux -S %s respawn-pane -k -t wb -c %s \"env COIN_HOME=%s NO_COLOR=1 LANG=C LC_ALL=C "
        "%s/bin/coin\"", sock, repo, home, repo);
-    CHECK(wait_for("<asc>", 20));
+    WAIT("<asc>", 20);
     keys("Enter");
-    CHECK(wait_for("Run 1  <asc>", 10));
+    WAIT("Run 1  <asc>", 10);
     char cmd[1024];
     snprintf(cmd, sizeof cmd, "tmux -S %s capture-pane -e -p -t wb", sock);
     FILE *p = popen(cmd, "r");
