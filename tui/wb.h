@@ -119,11 +119,11 @@ typedef struct wb_run_state {
     ledger_run run;
     ledger_run_row row;
     int *steps;
-    float *loss, *lr, *smooth;
+    float *xs, *loss, *lr, *smooth;   /* xs: the steps as floats, for the plot */
     size_t n;
     int64_t overlay;            /* run drawn for comparison, 0: none */
     int *o_steps;
-    float *o_loss;
+    float *o_xs, *o_loss;
     size_t o_n;
     int log_y, mode;            /* mode 0 raw + smoothed, 1 raw, 2 smoothed */
     int window;                 /* 0 whole run, else last N steps */

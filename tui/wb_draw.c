@@ -218,6 +218,16 @@ void draw_dialog(wb *w)
     }
 }
 
+/* The last plot computed: a redraw with the same data, options and size
+ * (a key press, a message) reuses it instead of mapping every point again. */
+static struct plot_memo {
+    plot_canvas c;
+    const float *xs, *raw, *smooth, *ox, *oy;
+    size_t n, on, drawn;
+    float last;
+    int log_y, window, mode, pc, pr, ns, pair[3];
+} plot_memo;
+
 /* ---- images ---- */
 
 typedef struct img_cache_entry {
@@ -236,6 +246,7 @@ static unsigned long cache_clock;
 
 void draw_free_image_cache(void)
 {
+    plot_canvas_free(&plot_memo.c);
     for (int i = 0; i < IMG_CACHE; i++) {
         free(cache[i].bytes);
         memset(&cache[i], 0, sizeof cache[i]);
@@ -368,6 +379,7 @@ void draw_flush_images(wb *w)
 
 /* ---- plots ---- */
 
+
 void draw_plot(wb *w, int y, int x, int rows, int cols, const float *xs, const float *raw,
                const float *smooth, size_t n, const float *ox, const float *oy, size_t on,
                int log_y, int window, int mode)
@@ -376,40 +388,63 @@ void draw_plot(wb *w, int y, int x, int rows, int cols, const float *xs, const f
     int pc = cols - label_w, pr = rows - 1;
     if (pc < 4 || pr < 2)
         return;
-    plot_canvas c;
-    if (plot_canvas_init(&c, pc, pr))
-        return;
-    plot_series s[3];
-    int ns = 0, pair[3];
-    if (on) {
-        s[ns] = (plot_series){ox, oy, on};
-        pair[ns++] = CP_OVERLAY;
+    float last = n ? raw[n - 1] : NAN;
+    struct plot_memo *m = &plot_memo;
+    int same = m->c.dots && m->xs == xs && m->raw == raw && m->smooth == smooth && m->n == n &&
+               m->ox == ox && m->oy == oy && m->on == on && m->log_y == log_y &&
+               m->window == window && m->mode == mode && m->pc == pc && m->pr == pr &&
+               (m->last == last || (isnan(m->last) && isnan(last)));
+    if (!same) {
+        plot_canvas_free(&m->c);
+        if (plot_canvas_init(&m->c, pc, pr))
+            return;
+        plot_series s[3];
+        int ns = 0;
+        if (on) {
+            s[ns] = (plot_series){ox, oy, on};
+            m->pair[ns++] = CP_OVERLAY;
+        }
+        if (mode != 2) {
+            s[ns] = (plot_series){xs, raw, n};
+            m->pair[ns++] = CP_RAW;
+        }
+        if (mode != 1) {
+            s[ns] = (plot_series){xs, smooth, n};
+            m->pair[ns++] = CP_SMOOTH;
+        }
+        plot_opts o = {.log_y = log_y, .x_window = window};
+        m->drawn = plot_braille(&m->c, s, ns, &o);
+        m->xs = xs;
+        m->raw = raw;
+        m->smooth = smooth;
+        m->n = n;
+        m->ox = ox;
+        m->oy = oy;
+        m->on = on;
+        m->last = last;
+        m->log_y = log_y;
+        m->window = window;
+        m->mode = mode;
+        m->pc = pc;
+        m->pr = pr;
+        m->ns = ns;
     }
-    if (mode != 2) {
-        s[ns] = (plot_series){xs, raw, n};
-        pair[ns++] = CP_RAW;
-    }
-    if (mode != 1) {
-        s[ns] = (plot_series){xs, smooth, n};
-        pair[ns++] = CP_SMOOTH;
-    }
-    plot_opts o = {.log_y = log_y, .x_window = window};
-    size_t drawn = plot_braille(&c, s, ns, &o);
-    if (!drawn) {
+    const plot_canvas *cv = &m->c;
+    const int *pair = m->pair;
+    if (!m->drawn) {
         draw_text(w, y + pr / 2, x + label_w, pc, draw_attr(w, CP_DIM, A_DIM),
                   "no losses recorded yet");
-        plot_canvas_free(&c);
         return;
     }
     for (int r = 0; r < pr; r++) {
         move(y + r, x + label_w);
         for (int k = 0; k < pc; k++) {
-            uint8_t m = c.dots[r * pc + k];
+            uint8_t m = cv->dots[r * pc + k];
             if (!m) {
                 addch(' ');
                 continue;
             }
-            int owner = c.owner[r * pc + k];
+            int owner = cv->owner[r * pc + k];
             unsigned a = draw_attr(w, pair[owner - 1], pair[owner - 1] == CP_SMOOTH ? A_BOLD : A_NORMAL);
             attron(a);
             if (w->utf8) {
@@ -423,15 +458,14 @@ void draw_plot(wb *w, int y, int x, int rows, int cols, const float *xs, const f
         }
     }
     unsigned dim = draw_attr(w, CP_DIM, A_DIM);
-    draw_textf(w, y, x, label_w - 1, dim, "%8.4g", c.y_max);
-    draw_textf(w, y + pr - 1, x, label_w - 1, dim, "%8.4g", c.y_min);
+    draw_textf(w, y, x, label_w - 1, dim, "%8.4g", cv->y_max);
+    draw_textf(w, y + pr - 1, x, label_w - 1, dim, "%8.4g", cv->y_min);
     if (log_y)
         draw_text(w, y + pr / 2, x, label_w - 1, dim, "     log");
-    draw_textf(w, y + pr, x + label_w, pc, dim, "step %.0f", c.x_min);
+    draw_textf(w, y + pr, x + label_w, pc, dim, "step %.0f", cv->x_min);
     char right[32];
-    int len = snprintf(right, sizeof right, "%.0f", c.x_max);
+    int len = snprintf(right, sizeof right, "%.0f", cv->x_max);
     draw_text(w, y + pr, x + label_w + pc - len, len, dim, right);
-    plot_canvas_free(&c);
 }
 
 /* ---- small formatting helpers ---- */

@@ -24,6 +24,8 @@
 
 static void free_curve(wb_run_state *s)
 {
+    free(s->xs);
+    s->xs = NULL;
     free(s->steps);
     free(s->loss);
     free(s->lr);
@@ -35,6 +37,8 @@ static void free_curve(wb_run_state *s)
 
 static void free_overlay(wb_run_state *s)
 {
+    free(s->o_xs);
+    s->o_xs = NULL;
     free(s->o_steps);
     free(s->o_loss);
     s->o_steps = NULL;
@@ -130,6 +134,13 @@ void run_reload(wb *w)
     if (lq_losses_after(w->l, s->id, last, &s->steps, &s->loss, &s->lr, &s->n, &err)) {
         wb_message(w, 1, "%s", err.msg);
     } else if (s->n > old) {
+        /* the plot wants its x as floats: kept beside the steps */
+        float *xs = realloc(s->xs, s->n * sizeof *xs);
+        if (xs) {
+            s->xs = xs;
+            for (size_t i = old; i < s->n; i++)
+                xs[i] = (float)s->steps[i];
+        }
         float *sm = realloc(s->smooth, s->n * sizeof *sm);
         if (sm) {
             s->smooth = sm;
@@ -151,8 +162,11 @@ void run_reload(wb *w)
             }
         }
     }
-    if (s->overlay && !s->o_n)
-        lq_losses_after(w->l, s->overlay, 0, &s->o_steps, &s->o_loss, NULL, &s->o_n, &err);
+    if (s->overlay && !s->o_n &&
+        lq_losses_after(w->l, s->overlay, 0, &s->o_steps, &s->o_loss, NULL, &s->o_n, &err) == 0 &&
+        s->o_n && (s->o_xs = malloc(s->o_n * sizeof *s->o_xs)))
+        for (size_t i = 0; i < s->o_n; i++)
+            s->o_xs[i] = (float)s->o_steps[i];
     /* a selection on the newest checkpoint follows the new ones */
     int on_newest = s->ck_sel < 0 || s->ck_sel == (int)s->n_ck - 1;
     free(s->ck);
@@ -247,28 +261,18 @@ void run_draw(wb *w)
         ph = 8;
     draw_params(w, top, 0, ph, left - 1);
     /* the plot */
-    float *xs = malloc((s->n ? s->n : 1) * sizeof *xs);
-    float *ox = malloc((s->o_n ? s->o_n : 1) * sizeof *ox);
-    if (xs && ox) {
-        for (size_t i = 0; i < s->n; i++)
-            xs[i] = (float)s->steps[i];
-        for (size_t i = 0; i < s->o_n; i++)
-            ox[i] = (float)s->o_steps[i];
-        char head[160];
-        snprintf(head, sizeof head, "Loss  %s  %s  %s%s", s->log_y ? "log" : "linear",
-                 s->mode == 0 ? "raw + smoothed" : s->mode == 1 ? "raw" : "smoothed",
-                 s->window ? "last " : "whole run", "");
-        int hx = draw_text(w, top, left + 1, w->cols - left - 1, A_BOLD, head);
-        if (s->window)
-            hx += draw_textf(w, top, left + 1 + hx, 20, A_BOLD, "%d steps", s->window);
-        if (s->overlay)
-            draw_textf(w, top, left + 2 + hx, w->cols - left - hx - 2,
-                       draw_attr(w, CP_OVERLAY, A_UNDERLINE), "  vs run %lld", (long long)s->overlay);
-        draw_plot(w, top + 1, left, ph - 1, w->cols - left, xs, s->loss, s->smooth, s->n, ox,
-                  s->o_loss, s->o_n, s->log_y, s->window, s->mode);
-    }
-    free(xs);
-    free(ox);
+    char head[160];
+    snprintf(head, sizeof head, "Loss  %s  %s  %s", s->log_y ? "log" : "linear",
+             s->mode == 0 ? "raw + smoothed" : s->mode == 1 ? "raw" : "smoothed",
+             s->window ? "last " : "whole run");
+    int hx = draw_text(w, top, left + 1, w->cols - left - 1, A_BOLD, head);
+    if (s->window)
+        hx += draw_textf(w, top, left + 1 + hx, 20, A_BOLD, "%d steps", s->window);
+    if (s->overlay)
+        draw_textf(w, top, left + 2 + hx, w->cols - left - hx - 2,
+                   draw_attr(w, CP_OVERLAY, A_UNDERLINE), "  vs run %lld", (long long)s->overlay);
+    draw_plot(w, top + 1, left, ph - 1, w->cols - left, s->xs, s->loss, s->smooth, s->n, s->o_xs,
+              s->o_loss, s->o_n, s->log_y, s->window, s->mode);
     /* checkpoints and previews */
     int cy = top + ph + 1, ch = w->rows - 2 - cy;
     draw_hline(w, cy - 1, 0, w->cols);

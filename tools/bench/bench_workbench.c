@@ -198,10 +198,29 @@ int main(int argc, char **argv)
     w.runs.search[0] = '\0';
     run_open(&w, 1);
     TIME("Run (500,050 steps): open (curve, checkpoints)", 1, (run_reload(&w)));
-    TIME("Run (500,050 steps): draw the curve", 5, (erase(), run_draw(&w)));
+    TIME("Run (500,050 steps): draw, every point mapped", 1, (erase(), run_draw(&w)));
+    TIME("Run (500,050 steps): redraw (a key, same curve)", 20, (erase(), run_draw(&w)));
     TIME("Run (500,050 steps): live refresh, no new steps", 20, run_reload(&w));
-    TIME("Run (500,050 steps): log scale, last 1000 steps", 5,
+    TIME("Run (500,050 steps): switch to log scale, last 1000", 1,
          (w.run.log_y = 1, w.run.window = 1000, erase(), run_draw(&w)));
+    /* a live run: 50 new steps arrive, then the screen is drawn again */
+    sqlite3_stmt *more;
+    sqlite3_prepare_v2(ledger_sqlite(w.l), "INSERT INTO losses(run, step, loss) VALUES(1, ?, 0.3)",
+                       -1, &more, NULL);
+    int next = BIG_RUN_STEPS;
+    TIME("Run (500,050 steps): 50 new steps: read tail + draw", 5, ({
+             sqlite3_exec(ledger_sqlite(w.l), "BEGIN", NULL, NULL, NULL);
+             for (int k = 0; k < 50; k++) {
+                 sqlite3_bind_int(more, 1, ++next);
+                 sqlite3_step(more);
+                 sqlite3_reset(more);
+             }
+             sqlite3_exec(ledger_sqlite(w.l), "COMMIT", NULL, NULL, NULL);
+             run_reload(&w);
+             erase();
+             run_draw(&w);
+         }));
+    sqlite3_finalize(more);
     run_open(&w, 2);
     TIME("Run (50 steps): open and draw", 1, (run_reload(&w), erase(), run_draw(&w)));
     browse_open(&w, 0);
