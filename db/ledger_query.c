@@ -52,7 +52,7 @@ int lq_run_counts(ledger *l, int64_t *max_id, int *active, coin_error *err)
 {
     sqlite3_stmt *st;
     int rc = prepare(l, "SELECT COALESCE(MAX(id), 0), (SELECT COUNT(*) FROM runs WHERE status "
-                     "IN ('queued','running','paused')) FROM runs", &st, "counting runs", err);
+                     "IN ('queued','running')) FROM runs", &st, "counting runs", err);
     if (rc)
         return rc;
     if (sqlite3_step(st) == SQLITE_ROW) {

@@ -24,8 +24,8 @@
  * not change it. */
 int lq_data_version(ledger *l, int64_t *version, coin_error *err);
 
-/* The largest run id (0: no runs), and the number of runs queued, running
- * or paused (*active, may be NULL). */
+/* The largest run id (0: no runs), and the number of runs queued or
+ * running (*active, may be NULL). */
 int lq_run_counts(ledger *l, int64_t *max_id, int *active, coin_error *err);
 
 /* The losses of run after step `after` in step order, appended to the

@@ -454,6 +454,11 @@ TEST(ledger_query_data_version_sees_other_connections_only)
     int active;
     REQUIRE_OK(lq_run_counts(l, &max_id, &active, &err), &err);
     CHECK(max_id == 2 && active == 0);
+    add_run(l, "running");
+    add_run(l, "paused");   /* waits for the operator: nothing moves */
+    add_run(l, "queued");
+    REQUIRE_OK(lq_run_counts(l, &max_id, &active, &err), &err);
+    CHECK(max_id == 5 && active == 2);
     ledger_close(other);
     ledger_close(l);
 }

@@ -200,7 +200,7 @@ typedef struct wb {
     int reload;                 /* re-read the ledger */
     int64_t data_version;
     double last_check, last_reload;
-    int active_jobs;            /* runs queued, running or paused */
+    int active_jobs;            /* runs queued or running */
     char msg[512];
     int msg_bad;
     double msg_until;
