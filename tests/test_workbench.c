@@ -117,6 +117,7 @@ TEST(workbench_end_to_end_in_tmux)
     setenv("LANG", "C.UTF-8", 1);
     REQUIRE(sh("tmux -S %s -f /dev/null new-session -d -s wb -x 100 -y 30 'sleep 600'", sock) == 0);
     sh("tmux -S %s set-option -g status off", sock);
+    sh("tmux -S %s set-option -s set-clipboard on", sock);
     start_coin(home);
     WAIT("No runs yet", 20);
 
@@ -204,6 +205,21 @@ TEST(workbench_end_to_end_in_tmux)
     keys("r");
     WAIT("regenerated: identical", 60);
     screen(scr, sizeof scr);
+
+    /* the path, on screen and (OSC 52) in tmux's clipboard */
+    keys("p");
+    WAIT("Path of sample", 5);
+    char buf_cmd[1024], clip[1024] = "";
+    snprintf(buf_cmd, sizeof buf_cmd, "tmux -S %s show-buffer 2>/dev/null", sock);
+    FILE *bp = popen(buf_cmd, "r");
+    if (bp) {
+        size_t got = fread(clip, 1, sizeof clip - 1, bp);
+        clip[got] = '\0';
+        pclose(bp);
+    }
+    CHECK_MSG(strstr(clip, "/samples/") && strstr(clip, ".png") && strstr(scr, clip),
+              "clipboard \"%s\" is not the path on screen", clip);
+    keys("Escape");
 
     /* back to the run, which goes on from its checkpoint */
     keys("Escape");

@@ -312,6 +312,30 @@ static void regen_done(wb *w, void *ctx, int status, const char *out, const char
     free(r);
 }
 
+/* OSC 52: terminals that allow it (xterm, kitty, iTerm2, tmux with
+ * set-clipboard) put the text on the system clipboard, also over SSH. */
+static void copy_to_clipboard(const char *text)
+{
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    char out[1500];
+    size_t n = (size_t)snprintf(out, sizeof out, "\033]52;c;");
+    size_t len = strlen(text);
+    for (size_t i = 0; i < len && n + 5 < sizeof out - 2; i += 3) {
+        unsigned v = (unsigned char)text[i] << 16;
+        if (i + 1 < len)
+            v |= (unsigned char)text[i + 1] << 8;
+        if (i + 2 < len)
+            v |= (unsigned char)text[i + 2];
+        out[n++] = b64[v >> 18 & 63];
+        out[n++] = b64[v >> 12 & 63];
+        out[n++] = i + 1 < len ? b64[v >> 6 & 63] : '=';
+        out[n++] = i + 2 < len ? b64[v & 63] : '=';
+    }
+    out[n++] = '\a';
+    ssize_t k = write(STDOUT_FILENO, out, n);
+    (void)k;
+}
+
 int sample_action(wb *w, const lq_sample_row *s, wint_t ch)
 {
     coin_error err = {0};
@@ -368,7 +392,9 @@ int sample_action(wb *w, const lq_sample_row *s, wint_t ch)
         w->dlg.kind = 1;
         w->dlg.top = 0;
         snprintf(w->dlg.title, sizeof w->dlg.title, "Path of sample %lld", (long long)s->id);
-        snprintf(w->dlg.text, sizeof w->dlg.text, "%s", s->image_path);
+        snprintf(w->dlg.text, sizeof w->dlg.text, "%s\n\n(also sent to the clipboard, where the "
+                 "terminal accepts OSC 52)", s->image_path);
+        copy_to_clipboard(s->image_path);
         w->full_redraw = 1;
         return 1;
     default: return 0;
