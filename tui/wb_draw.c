@@ -121,7 +121,9 @@ void draw_title(wb *w, const char *fmt, ...)
     for (int i = 0; i < w->cols; i++)
         addch(' ');
     attroff(a);
-    draw_text(w, 0, 0, w->cols, a | A_BOLD, buf);
+    /* bold black on a colour turns grey in many terminals: bold only
+     * where the title is reverse video */
+    draw_text(w, 0, 0, w->cols, a | (w->colors ? 0 : A_BOLD), buf);
     char right[64];
     snprintf(right, sizeof right, "%d job%s active  ? help ", w->active_jobs,
              w->active_jobs == 1 ? "" : "s");
@@ -140,7 +142,8 @@ void draw_keybar(wb *w, const char *const *keys)
         int kl = (int)strlen(keys[i]), tl = (int)strlen(keys[i + 1]);
         if (x + kl + tl + 1 > w->cols)
             break;
-        x += draw_text(w, y, x, kl, draw_attr(w, CP_KEY, A_REVERSE) | A_BOLD, keys[i]);
+        x += draw_text(w, y, x, kl, w->colors ? draw_attr(w, CP_KEY, 0) : A_REVERSE | A_BOLD,
+                       keys[i]);
         x += draw_text(w, y, x, tl + 1, draw_attr(w, CP_KEYTEXT, A_NORMAL), keys[i + 1]);
         x += draw_text(w, y, x, 1, 0, " ");
     }

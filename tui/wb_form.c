@@ -192,8 +192,18 @@ int form_draw(wb *w, wb_form *f, int y, int x, int h, int wd, int focused)
                      w->utf8 ? "\xe2\x96\xb8" : ">");
         else
             snprintf(shown, sizeof shown, "%s", fd->value);
-        /* long text: show the end that holds the cursor */
+        /* long text: show the end that holds the cursor; a long path shows
+         * its end (the file name) when not being edited */
         const char *from = shown;
+        if (!sel && fd->type == FT_TEXT && strchr(shown, '/') && (int)strlen(shown) > vw - 1) {
+            size_t keep = (size_t)(vw - 2);
+            char tail[1100];
+            const char *t = shown + strlen(shown) - keep;
+            while ((*t & 0xC0) == 0x80)
+                t++;
+            snprintf(tail, sizeof tail, "%s%s", w->utf8 ? "\xe2\x80\xa6" : "<", t);
+            snprintf(shown, sizeof shown, "%s", tail);
+        }
         if (sel && (fd->type == FT_TEXT || fd->type == FT_INT || fd->type == FT_FLOAT) &&
             (int)fd->cur > vw - 2) {
             from = shown + fd->cur - (size_t)(vw - 2);

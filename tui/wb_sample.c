@@ -119,6 +119,13 @@ void sample_reload(wb *w)
         s->sel = s->n_res ? (int)s->n_res - 1 : 0;
 }
 
+/* The parameters column: wide enough for paths, the rest for images. */
+static int form_width(wb *w)
+{
+    int fw = w->cols * 2 / 5;
+    return fw < 46 ? 46 : fw > 70 ? 70 : fw;
+}
+
 /* Tiles of the grid: how many fit, and their size in cells. */
 typedef struct grid {
     int y, x, h, wd, rows, per_row, th, tw, first;
@@ -198,7 +205,7 @@ void sample_draw(wb *w)
         }
     draw_title(w, " coin  Sample%s%s  %zu image%s  %d rated, %d good", s->trigger[0] ? "  " : "",
                s->trigger, s->n_res, s->n_res == 1 ? "" : "s", rated, good);
-    int fw = 46;
+    int fw = form_width(w);
     draw_text(w, 1, 0, fw, A_BOLD, s->focus == 0 ? "Parameters (Tab: to the images)"
                                                  : "Parameters");
     form_draw(w, &s->form, 2, 0, N_SAMPLE_FIELDS, fw - 1, s->focus == 0);
@@ -500,8 +507,9 @@ int sample_key(wb *w, int is_key, wint_t ch)
         return 1;
     }
     grid g;
-    layout(w, (int)s->n_res, s->sel, atoi(form_get(&s->form, "grid")->value), 2, 47,
-           w->rows - 5, w->cols - 47, &g);
+    int fw = form_width(w);
+    layout(w, (int)s->n_res, s->sel, atoi(form_get(&s->form, "grid")->value), 2, fw + 1,
+           w->rows - 5, w->cols - fw - 1, &g);
     if (is_key)
         return grid_move(&s->sel, (int)s->n_res, g.per_row, ch);
     if (s->sel >= 0 && s->sel < (int)s->n_res && sample_action(w, &s->res[s->sel], ch))
@@ -526,7 +534,8 @@ int sample_results_hit(wb *w, size_t n, int sel, int grid_rows, int y, int x, in
 void sample_click(wb *w, int y, int x)
 {
     wb_sample_state *s = &w->sample;
-    if (x < 46) {
+    int fw = form_width(w);
+    if (x < fw) {
         int i = s->form.top + y - 2;
         if (y >= 2 && i < s->form.n) {
             s->form.sel = i;
@@ -535,7 +544,7 @@ void sample_click(wb *w, int y, int x)
         return;
     }
     int i = sample_results_hit(w, s->n_res, s->sel, atoi(form_get(&s->form, "grid")->value), 2,
-                               47, w->rows - 5, w->cols - 47, y, x);
+                               fw + 1, w->rows - 5, w->cols - fw - 1, y, x);
     if (i >= 0) {
         s->sel = i;
         s->focus = 1;
