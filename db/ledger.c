@@ -663,16 +663,18 @@ int ledger_mark_dead_runs(ledger *l, const char *host, int *n, coin_error *err)
 
 /* ---- losses ------------------------------------------------------------ */
 
-int ledger_record_losses(ledger *l, int64_t run, const int *steps, const float *loss,
-                         const float *lr, size_t n, coin_error *err)
+static int write_losses(ledger *l, int64_t run, const int *steps, const float *loss,
+                        const float *lr, size_t n, int only_missing, coin_error *err)
 {
     if (n == 0)
         return 0;
     const char *what = "recording losses";
     sqlite3_stmt *ins = NULL, *up = NULL;
-    int rc = prepare(l,
-                     "INSERT INTO losses(run, step, loss, lr) VALUES(?,?,?,?) "
-                     "ON CONFLICT(run, step) DO UPDATE SET loss = excluded.loss, lr = excluded.lr",
+    int rc = prepare(l, only_missing
+                     ? "INSERT OR IGNORE INTO losses(run, step, loss, lr) VALUES(?,?,?,?)"
+                     : "INSERT INTO losses(run, step, loss, lr) VALUES(?,?,?,?) "
+                       "ON CONFLICT(run, step) DO UPDATE SET loss = excluded.loss, "
+                       "lr = excluded.lr",
                      &ins, what, err);
     if (!rc)
         rc = prepare(l, "UPDATE runs SET step_reached = MAX(step_reached, ?) WHERE id = ?", &up,
@@ -723,6 +725,18 @@ int ledger_record_losses(ledger *l, int64_t run, const int *steps, const float *
         return rc;
     }
     return commit(l, what, err);
+}
+
+int ledger_record_losses(ledger *l, int64_t run, const int *steps, const float *loss,
+                         const float *lr, size_t n, coin_error *err)
+{
+    return write_losses(l, run, steps, loss, lr, n, 0, err);
+}
+
+int ledger_fill_losses(ledger *l, int64_t run, const int *steps, const float *loss,
+                       const float *lr, size_t n, coin_error *err)
+{
+    return write_losses(l, run, steps, loss, lr, n, 1, err);
 }
 
 int ledger_loss_curve(ledger *l, int64_t run, int **steps, float **loss, float **lr,

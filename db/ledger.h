@@ -111,6 +111,12 @@ int ledger_finish_run(ledger *l, int64_t run, const char *status, const char *er
 int ledger_record_losses(ledger *l, int64_t run, const int *steps, const float *loss,
                          const float *lr, size_t n, coin_error *err);
 
+/* As ledger_record_losses, but only for steps not recorded yet: a resumed
+ * run fills the gaps a failed write (a full disk) left, from its loss.csv,
+ * without touching what is recorded. */
+int ledger_fill_losses(ledger *l, int64_t run, const int *steps, const float *loss,
+                       const float *lr, size_t n, coin_error *err);
+
 /* The loss curve of run in step order: *steps, *loss, *lr (each may be
  * NULL if not wanted) are malloc'd arrays of *n entries that the caller
  * frees; all NULL and *n 0 when the run has none. */

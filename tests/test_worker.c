@@ -36,6 +36,8 @@
 
 static char out[65536];
 
+static int worker_gone(const char *home);
+
 /* Runs a shell command with COIN_HOME=home, capturing stdout+stderr (or
  * only stdout with stdout_only); returns its exit status. */
 static int sh(const char *home, int stdout_only, const char *fmt, ...)
@@ -424,6 +426,29 @@ TEST(worker_queue_runs_jobs_one_at_a_time_and_no_follow_prints_only_the_id)
     CHECK_STR_CONTAINS(out, want);
     CHECK_EQ_INT(sh(home, 0, "bin/coin worker --help"), 0);
     CHECK_STR_CONTAINS(out, "one at a time");
+    /* A job left in the queue with no worker (after a reboot, say):
+     * coin worker drains it and exits. */
+    for (int i = 0; i < 50 && !worker_gone(home); i++)
+        usleep(100000);
+    l = open_ledger(home);
+    REQUIRE(l);
+    ledger_run lr = {.kind = "sample", .steps_planned = 1};
+    int64_t id = 0;
+    char cwd[600], args[1600];
+    REQUIRE(getcwd(cwd, sizeof cwd));
+    snprintf(args, sizeof args, "[\"sample\",\"--model\",\"" MODEL "\",\"--prompt\",\"cat\","
+             "\"--steps\",\"2\",\"--out\",\"%s/left.png\"]", dir);
+    coin_error err = {0};
+    CHECK(ledger_insert_run(l, &lr, &id, &err) == 0 &&
+          ledger_enqueue_job(l, id, args, cwd, "cpu", &err) == 0);
+    ledger_close(l);
+    CHECK_EQ_INT(sh(home, 0, "bin/coin worker"), 0);
+    char done[64];
+    snprintf(done, sizeof done, "run %lld: done", (long long)id);
+    CHECK_STR_CONTAINS(out, done);
+    CHECK_STR_CONTAINS(out, "queue empty after 1 job");
+    snprintf(args, sizeof args, "%s/left.png", dir);
+    CHECK(access(args, F_OK) == 0);
 }
 
 TEST(worker_job_keeps_running_when_its_terminal_closes)
@@ -811,4 +836,88 @@ TEST(worker_ctrl_c_stops_following_not_the_job)
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     CHECK_STR_CONTAINS(slurp(log), "stopped following; run 1 goes on in the background");
     CHECK(wait_status(home, 1, "done", 60));
+}
+
+TEST(worker_resume_fills_loss_rows_a_failed_write_left_out)
+{
+    const char *dir = test_tmpdir();
+    char home[700], images[700], run_dir[700], db[800];
+    snprintf(home, sizeof home, "%s/home", dir);
+    snprintf(run_dir, sizeof run_dir, "%s/gaps", dir);
+    snprintf(db, sizeof db, "%s/ledger.db", home);
+    make_images(dir, images, sizeof images);
+    REQUIRE(sh(home, 0, "bin/coin train --model " MODEL " --images %s --token '<g>' --init hand "
+               "--steps 10 --batch 1 --save-every 5 --previews 0 --out %s --foreground", images,
+               run_dir) == 0);
+    ledger *l = open_ledger(home);
+    REQUIRE(l);
+    float *before = NULL;
+    size_t n = 0;
+    REQUIRE(ledger_loss_curve(l, 1, NULL, &before, NULL, &n, NULL) == 0 && n == 10);
+    ledger_close(l);
+    /* Rows a full ledger disk refused (a batch written before the last
+     * checkpoint) are missing. */
+    sqlite3 *raw;
+    REQUIRE(sqlite3_open(db, &raw) == SQLITE_OK);
+    CHECK(sqlite3_exec(raw, "DELETE FROM losses WHERE step IN (3, 4, 8)", NULL, NULL, NULL) ==
+          SQLITE_OK);
+    sqlite3_close(raw);
+    CHECK_EQ_INT(sh(home, 0, "bin/coin train --resume %s --steps 15 --foreground", run_dir), 0);
+    l = open_ledger(home);
+    REQUIRE(l);
+    CHECK_EQ_INT(check_losses(l, 1, "after resume"), 15);
+    float *after = NULL;
+    if (ledger_loss_curve(l, 1, NULL, &after, NULL, &n, NULL) == 0 && n == 15)
+        CHECK(!memcmp(after, before, 10 * sizeof(float)));
+    free(after);
+    free(before);
+    ledger_close(l);
+}
+
+TEST(worker_sampling_job_stops_between_images_and_resume_makes_the_rest)
+{
+    const char *dir = test_tmpdir();
+    char home[700];
+    snprintf(home, sizeof home, "%s/home", dir);
+    CHECK_EQ_INT(sh(home, 1, "bin/coin sample --model " MODEL " --prompt cat --steps 20 "
+                    "--batch 12 --out %s/m.png --no-follow", dir), 0);
+    CHECK(!strcmp(out, "1\n"));
+    /* Stopped once it has made an image or two. */
+    double t0 = now_s();
+    int made = 0;
+    while (now_s() - t0 < 30 && made < 1) {
+        ledger *l = open_ledger(home);
+        ledger_run r;
+        if (l && ledger_get_run(l, 1, &r, NULL) == 0) {
+            made = r.step_reached;
+            ledger_run_free(&r);
+        }
+        ledger_close(l);
+        usleep(50000);
+    }
+    CHECK_EQ_INT(sh(home, 0, "bin/coin stop 1"), 0);
+    CHECK_STR_CONTAINS(out, "will stop after its current image");
+    CHECK(wait_status(home, 1, "stopped", 30));
+    ledger *l = open_ledger(home);
+    ledger_run r;
+    int before = 0;
+    if (l && ledger_get_run(l, 1, &r, NULL) == 0) {
+        before = r.step_reached;
+        ledger_run_free(&r);
+    }
+    ledger_close(l);
+    CHECK_MSG(before >= 1 && before < 12, "%d images before the stop", before);
+    for (int i = 0; i < 50 && !worker_gone(home); i++)
+        usleep(100000);
+    CHECK_EQ_INT(sh(home, 1, "bin/coin resume 1"), 0);
+    char last[800];
+    snprintf(last, sizeof last, "%s/m-11.png\n", dir);
+    CHECK_STR_CONTAINS(out, last);
+    l = open_ledger(home);
+    if (l && ledger_get_run(l, 1, &r, NULL) == 0) {
+        CHECK(!strcmp(r.status, "done"));
+        CHECK_EQ_INT(r.step_reached, 12);   /* each image recorded once */
+        ledger_run_free(&r);
+    }
+    ledger_close(l);
 }

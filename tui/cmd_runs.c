@@ -201,8 +201,9 @@ static const char CONTROL_HELP[] =
     "       coin resume RUN [--foreground | --no-follow | --detach]\n"
     "\n"
     "pause and stop ask a running training run to write a checkpoint and stop\n"
-    "after its current step (it looks at its status in the ledger every step); a\n"
-    "queued job is taken off the queue.  A paused run is meant to continue, a\n"
+    "after its current step (it looks at its status in the ledger as it goes), a\n"
+    "sampling run to stop after its current image; a queued job is taken off the\n"
+    "queue.  A paused run is meant to continue, a\n"
     "stopped one to stay as it is; either can be resumed.\n"
     "\n"
     "resume continues a paused, stopped, interrupted (crashed, killed) or failed\n"
@@ -326,17 +327,15 @@ int cmd_control(int argc, char **argv)
         else
             printf("run %lld was waiting in the queue; now %s (coin resume %lld queues it "
                    "again)\n", id, to, id);
-    } else if (strcmp(r.kind, "train")) {
-        coin_fail(&err, COIN_EINVAL, "run %lld is a %s run; only training runs pause and stop",
-                  id, r.kind);
-        status = cli_report(&err);
     } else if (strcmp(r.status, "running")) {
         coin_fail(&err, COIN_EINVAL, "run %lld is %s, not running", id, r.status);
         status = cli_report(&err);
     } else if (ledger_set_run_status(l, id, to, NULL, &err)) {
         status = cli_report(&err);
-    } else {
+    } else if (!strcmp(r.kind, "train")) {
         printf("run %lld will write a checkpoint and stop after its current step\n", id);
+    } else {
+        printf("run %lld will stop after its current image\n", id);
     }
     ledger_run_free(&r);
     ledger_close(l);

@@ -466,9 +466,16 @@ int cmd_sample(int argc, char **argv)
     strcat(emb_json, "]");
     free(params0);
     free(recipe0);
+    const char *requested = NULL;
     for (long long i = 0; i < a.batch; i++) {
         char path[4096], what[96], *params = NULL, *json = NULL;
         progress bar;
+        /* coin pause / coin stop take effect between images. */
+        if ((requested = record_requested(&rec))) {
+            fprintf(stderr, "%s after %lld of %lld images (coin resume %lld makes the rest)\n",
+                    requested, i, a.batch, (long long)rec.run);
+            break;
+        }
         sp.seed = (uint64_t)a.seed + (uint64_t)i;
         snprintf(what, sizeof what, "image %lld/%lld (seed %" PRIu64 ")", i + 1, a.batch,
                  sp.seed);
@@ -517,7 +524,8 @@ done:
             cli_report(&err);
         if (status && !rec.l && jf.job_run)
             record_job_failed(jf.job_run, err.msg);
-        record_finish(&rec, status ? "failed" : "done", status ? err.msg : NULL);
+        record_finish(&rec, status ? "failed" : requested ? requested : "done",
+                      status ? err.msg : NULL);
     }
     for (size_t i = 0; i < made.n; i++)
         free(made.paths[i]);

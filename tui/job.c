@@ -229,7 +229,7 @@ int job_follow(int64_t run)
     fprintf(stderr, "run %lld: following it here; Ctrl-C stops following, not the run "
             "(coin stop %lld stops it)\n", (long long)run, (long long)run);
     progress bar;
-    int started = 0, status = 1, last_step = -1, polls = 0;
+    int started = 0, status = 1, last_step = -1, polls = 0, dead_polls = 0;
     int64_t last_sample = 0;
     char last_status[16] = "";
     for (;;) {
@@ -289,6 +289,22 @@ int job_follow(int64_t run)
             }
             ledger_run_free(&r);
             break;
+        }
+        /* Its process is gone but the ledger still says running: the
+         * ledger could not be written (a full disk) or is not ours to fix
+         * (another host).  Say so rather than wait for ever. */
+        if (!strcmp(r.status, "running") && r.pid > 0 && kill((pid_t)r.pid, 0) == -1 &&
+            errno == ESRCH && r.host && polls % 10 == 9) {
+            char host[256] = "";
+            gethostname(host, sizeof host - 1);
+            if (!strcmp(host, r.host) && ++dead_polls >= 3) {
+                fprintf(stderr, "run %lld: its process (%lld) has ended, but the ledger still "
+                        "says running and cannot be updated (is the disk full?); see its log "
+                        "and coin show run %lld\n", (long long)run, (long long)r.pid,
+                        (long long)run);
+                ledger_run_free(&r);
+                break;
+            }
         }
         ledger_run_free(&r);
         if (stop_following) {

@@ -79,6 +79,39 @@ void record_start(recorder *r, ledger_run *run, const char *model_path,
     }
 }
 
+/* Records the losses of out_dir/loss.csv up to step that the ledger lacks
+ * (a batch a full disk kept out): a resumed run's curve has no gaps. */
+static void fill_from_csv(recorder *r, const char *out_dir, int step)
+{
+    char path[4200], line[160];
+    snprintf(path, sizeof path, "%s/loss.csv", out_dir);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    enum { CHUNK = 512 };
+    int steps[CHUNK];
+    float loss[CHUNK], lr[CHUNK];
+    int n = 0;
+    coin_error err = {0};
+    while (fgets(line, sizeof line, f)) {
+        int s;
+        double lo, rate;
+        if (sscanf(line, "%d,%lf,%lf", &s, &lo, &rate) != 3 || s < 1 || s > step)
+            continue;
+        steps[n] = s;
+        loss[n] = (float)lo;
+        lr[n] = (float)rate;
+        if (++n == CHUNK) {
+            if (ledger_fill_losses(r->l, r->run, steps, loss, lr, (size_t)n, &err))
+                warn(r, &err);
+            n = 0;
+        }
+    }
+    if (n && ledger_fill_losses(r->l, r->run, steps, loss, lr, (size_t)n, &err))
+        warn(r, &err);
+    fclose(f);
+}
+
 void record_attach(recorder *r, int64_t run, ledger_run *desc, const char *model_path,
                    const char *model_sha256, int version, int from_step, int is_job)
 {
@@ -92,7 +125,10 @@ void record_attach(recorder *r, int64_t run, ledger_run *desc, const char *model
         warn(r, &err);
         ledger_close(r->l);
         r->l = NULL;
+        return;
     }
+    if (from_step > 0 && desc->out_dir)
+        fill_from_csv(r, desc->out_dir, from_step);
 }
 
 void record_flush(recorder *r)

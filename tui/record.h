@@ -37,7 +37,8 @@ void record_start(recorder *r, ledger_run *run, const char *model_path,
  * what is recorded), forgets what it recorded after step from_step (the
  * checkpoint it continues from; 0 for a job starting afresh) and marks it
  * running.  is_job: the worker took it from the queue, and a pause or stop
- * asked since then stands. */
+ * asked since then stands.  Losses up to from_step that the ledger lacks
+ * (a write a full disk refused) are taken from desc->out_dir's loss.csv. */
 void record_attach(recorder *r, int64_t run, ledger_run *desc, const char *model_path,
                    const char *model_sha256, int version, int from_step, int is_job);
 /* Buffers one training step's loss; writes a batch when the buffer fills. */
