@@ -1168,6 +1168,25 @@ int ledger_resume_run(ledger *l, int64_t run, int from_step, int keep_request, c
     return commit(l, what, err);
 }
 
+int ledger_find_checkpoint(ledger *l, const char *sha256, int64_t *id, coin_error *err)
+{
+    *id = 0;
+    sqlite3_stmt *st;
+    /* The newest: a run resumed past a step re-records identical files. */
+    int rc = prepare(l, "SELECT id FROM checkpoints WHERE sha256 = ? ORDER BY id DESC LIMIT 1",
+                     &st, "looking up a checkpoint by its hash", err);
+    if (rc)
+        return rc;
+    sqlite3_bind_text(st, 1, sha256, -1, SQLITE_STATIC);
+    int s = sqlite3_step(st);
+    if (s == SQLITE_ROW)
+        *id = sqlite3_column_int64(st, 0);
+    else if (s != SQLITE_DONE)
+        rc = db_fail(l, err, s, "looking up a checkpoint by its hash");
+    sqlite3_finalize(st);
+    return rc;
+}
+
 int ledger_list_checkpoints(ledger *l, int64_t run, ledger_checkpoint **out, size_t *n,
                             coin_error *err)
 {

@@ -217,6 +217,10 @@ int ledger_find_run_by_dir(ledger *l, const char *out_dir, int64_t *run, coin_er
  * status (the job then stops at its first step). */
 int ledger_resume_run(ledger *l, int64_t run, int from_step, int keep_request, coin_error *err);
 
+/* The checkpoint whose file has sha256 (hex), so that a sample made with a
+ * training run's embedding counts for that run; *id = 0 when none. */
+int ledger_find_checkpoint(ledger *l, const char *sha256, int64_t *id, coin_error *err);
+
 /* A recorded checkpoint. */
 typedef struct ledger_checkpoint {
     int64_t id;

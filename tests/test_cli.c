@@ -8,9 +8,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <sqlite3.h>
+
 #include "core/embedding.h"
 #include "core/image.h"
 #include "core/safetensors.h"
+#include "db/ledger.h"
 #include "test.h"
 
 /* Runs a shell command, captures stdout+stderr into out; returns the exit code. */
@@ -256,6 +259,43 @@ TEST(cli_train_runs_resumes_and_refuses_bad_input)
              "--out %s/s.png && bin/coin show %s/s.png", out_dir, dir, dir);
     CHECK_EQ_INT(run(cmd, out, sizeof out), 0);
     CHECK_STR_CONTAINS(out, "TI hashes: \"<thumbs-up>: ");
+    {
+        /* Made with the run's final embedding, the sample counts for the
+         * training run: it is recorded against the step-3 checkpoint, and
+         * rating it moves the run's acceptance. */
+        char db_path[800], image[800];
+        coin_error err = {0};
+        ledger *l = NULL;
+        int64_t train_run = 0, sample = 0, ck_run = 0;
+        int ck_step = 0;
+        snprintf(image, sizeof image, "%s/s.png", dir);
+        REQUIRE_OK(ledger_default_path(db_path, sizeof db_path, &err), &err);
+        REQUIRE_OK(ledger_open(&l, db_path, &err), &err);
+        REQUIRE_OK(ledger_find_run_by_dir(l, out_dir, &train_run, &err), &err);
+        sqlite3_stmt *st = NULL;
+        CHECK(sqlite3_prepare_v2(ledger_sqlite(l),
+                                 "SELECT s.id, c.run, c.step FROM samples s JOIN checkpoints c "
+                                 "ON c.id = s.checkpoint WHERE s.image_path LIKE '%' || ?",
+                                 -1, &st, NULL) == SQLITE_OK);
+        sqlite3_bind_text(st, 1, image, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            sample = sqlite3_column_int64(st, 0);
+            ck_run = sqlite3_column_int64(st, 1);
+            ck_step = sqlite3_column_int(st, 2);
+        }
+        sqlite3_finalize(st);
+        CHECK(train_run > 0);
+        CHECK_EQ_INT(ck_run, train_run);
+        CHECK_EQ_INT(ck_step, 3);
+        snprintf(cmd, sizeof cmd, "bin/coin rate %lld good", (long long)sample);
+        CHECK_EQ_INT(run(cmd, out, sizeof out), 0);
+        double share = 0;
+        int rated = 0;
+        REQUIRE_OK(ledger_acceptance(l, train_run, &share, &rated, &err), &err);
+        CHECK_EQ_INT(rated, 1);
+        CHECK(share == 1.0);
+        ledger_close(l);
+    }
     /* The run (one row: resuming continued it) and the sample are in the
      * ledger. */
     CHECK_EQ_INT(run("bin/coin runs", out, sizeof out), 0);

@@ -464,6 +464,7 @@ int cmd_sample(int argc, char **argv)
         snprintf(emb_json + strlen(emb_json), sizeof emb_json - strlen(emb_json), "%s\"%s\"",
                  i ? "," : "", h.embeddings[i]);
     strcat(emb_json, "]");
+    int64_t from_checkpoint = p->n_embeddings ? record_checkpoint_of(&rec, h.embeddings[0]) : 0;
     free(params0);
     free(recipe0);
     const char *requested = NULL;
@@ -506,7 +507,7 @@ int cmd_sample(int argc, char **argv)
             .guidance = sp.cfg, .sampler = sampler_name(sp.sampler),
             .schedule = sp.karras ? "karras" : "default", .width = sp.width, .height = sp.height,
             .rng = rng_kind_name(sp.rng), .model_sha256 = h.model,
-            .embeddings_json = emb_json, .image_path = path};
+            .embeddings_json = emb_json, .image_path = path, .checkpoint = from_checkpoint};
         record_sample(&rec, &ls);
         printf("%s\n", path);
     }

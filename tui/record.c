@@ -173,6 +173,15 @@ void record_checkpoint(recorder *r, int step, const char *path)
         warn(r, &err);
 }
 
+int64_t record_checkpoint_of(recorder *r, const char *sha256)
+{
+    int64_t id = 0;
+    coin_error err = {0};
+    if (r->l && ledger_find_checkpoint(r->l, sha256, &id, &err))
+        warn(r, &err);
+    return id;
+}
+
 void record_sample(recorder *r, ledger_sample *s)
 {
     if (!r->l)
@@ -182,6 +191,7 @@ void record_sample(recorder *r, ledger_sample *s)
     int64_t id;
     file_sha(s->image_path, sha);
     s->run = r->run;
+
     s->image_sha256 = sha;
     if (ledger_insert_sample(r->l, s, &id, &err))
         warn(r, &err);

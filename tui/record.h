@@ -45,6 +45,9 @@ void record_attach(recorder *r, int64_t run, ledger_run *desc, const char *model
 void record_loss(recorder *r, int step, float loss, float lr);
 /* Writes buffered losses. */
 void record_flush(recorder *r);
+/* The ledger's checkpoint whose file has sha256 (hex), 0 when none: a
+ * sample made with a training run's embedding is recorded against it. */
+int64_t record_checkpoint_of(recorder *r, const char *sha256);
 /* Records a checkpoint file written at step (hashing it). */
 void record_checkpoint(recorder *r, int step, const char *path);
 /* Records an image (hashing the file); s->run is filled in. */
