@@ -13,7 +13,8 @@
 static const char USAGE[] =
     "coin - teach Stable Diffusion a new word (textual inversion), in a terminal\n"
     "\n"
-    "usage: coin COMMAND [options]      (coin COMMAND --help for its options)\n"
+    "usage: coin                        the workbench (? inside lists the keys)\n"
+    "       coin COMMAND [options]      (coin COMMAND --help for its options)\n"
     "\n"
     "commands:\n"
     "  info MODEL           what a checkpoint holds: layout, SD version, prediction\n"
@@ -45,7 +46,7 @@ static const char USAGE[] =
     "a diffusers folder.  Pickle .ckpt/.pt files are refused with the command that\n"
     "converts them.\n"
     "\n"
-    "Not built yet: the workbench.\n";
+    "Not built yet: the CUDA backend (everything runs on the CPU).\n";
 
 int main(int argc, char **argv)
 {
