@@ -15,6 +15,7 @@
 #include "db/ledger.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <sqlite3.h>
 #include <signal.h>
@@ -235,6 +236,67 @@ static int valid_status(const char *s)
     return 0;
 }
 
+/* "ledger PATH has no NOUN ID", for a lookup that found nothing. */
+static int no_such(ledger *l, coin_error *err, const char *noun, int64_t id)
+{
+    return coin_fail(err, COIN_ENOTFOUND, "ledger %s has no %s %lld", l->path, noun,
+                     (long long)id);
+}
+
+/* Steps st to its first row: 0 when there is one to read, else no_such's
+ * error when the query found nothing, SQLite's when it failed.  The caller
+ * finalizes or resets st. */
+static int step_row(ledger *l, sqlite3_stmt *st, const char *noun, int64_t id, const char *what,
+                    coin_error *err)
+{
+    int s = sqlite3_step(st);
+    if (s == SQLITE_ROW)
+        return 0;
+    return s == SQLITE_DONE ? no_such(l, err, noun, id) : db_fail(l, err, s, what);
+}
+
+/* Steps a statement that returns no rows (inside a transaction the caller
+ * holds) and finalizes it. */
+static int step_done(ledger *l, sqlite3_stmt *st, const char *what, coin_error *err)
+{
+    int s = sqlite3_step(st);
+    int rc = s == SQLITE_DONE ? 0 : db_fail(l, err, s, what);
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* Ends the transaction begun with begin(): commits when rc is 0, rolls back
+ * (keeping rc and its message) otherwise. */
+static int end_tx(ledger *l, int rc, const char *what, coin_error *err)
+{
+    if (rc) {
+        rollback(l);
+        return rc;
+    }
+    return commit(l, what, err);
+}
+
+/* A one-row query of one integer column with text as its ?1 (NULL binds
+ * NULL; a query without parameters ignores it): *v gets the value, and
+ * keeps what it had when there is no row. */
+static int query_int64(ledger *l, const char *sql, const char *text, int64_t *v,
+                       const char *what, coin_error *err)
+{
+    sqlite3_stmt *st;
+    int rc = prepare(l, sql, &st, what, err);
+    if (rc)
+        return rc;
+    if (sqlite3_bind_parameter_count(st) > 0)
+        bind_text(st, 1, text);
+    int s = sqlite3_step(st);
+    if (s == SQLITE_ROW)
+        *v = sqlite3_column_int64(st, 0);
+    else if (s != SQLITE_DONE)
+        rc = db_fail(l, err, s, what);
+    sqlite3_finalize(st);
+    return rc;
+}
+
 /* ---- paths ------------------------------------------------------------- */
 
 /* mkdir -p, for the workspace folder. */
@@ -292,18 +354,9 @@ int ledger_default_path(char *buf, size_t len, coin_error *err)
 
 static int read_user_version(ledger *l, int *v, coin_error *err)
 {
-    sqlite3_stmt *st;
-    int rc = prepare(l, "PRAGMA user_version", &st, "reading the schema version", err);
-    if (rc)
-        return rc;
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-        *v = sqlite3_column_int(st, 0);
-        rc = 0;
-    } else {
-        rc = db_fail(l, err, rc, "reading the schema version");
-    }
-    sqlite3_finalize(st);
+    int64_t got = 0;
+    int rc = query_int64(l, "PRAGMA user_version", NULL, &got, "reading the schema version", err);
+    *v = (int)got;
     return rc;
 }
 
@@ -335,11 +388,7 @@ static int migrate(ledger *l, coin_error *err)
         if (!rc)
             rc = exec(l, pragma, what, err);
     }
-    if (rc) {
-        rollback(l);
-        return rc;
-    }
-    return commit(l, "committing the schema", err);
+    return end_tx(l, rc, "committing the schema", err);
 }
 
 int ledger_open(ledger **out, const char *path, coin_error *err)
@@ -427,8 +476,9 @@ const char *ledger_path(const ledger *l)
 /* ---- one-statement writes ---------------------------------------------- */
 
 /* Steps a prepared write to its end inside BEGIN IMMEDIATE ... COMMIT and
- * finalizes it; when id is not NULL the statement must return one row whose
- * first column goes to *id. */
+ * finalizes it.  When id is not NULL the statement returns one row (RETURNING
+ * id) whose first column goes to *id once the write has committed; changes
+ * gets the number of rows changed. */
 static int run_write(ledger *l, sqlite3_stmt *st, int64_t *id, int *changes, const char *what,
                      coin_error *err)
 {
@@ -437,20 +487,19 @@ static int run_write(ledger *l, sqlite3_stmt *st, int64_t *id, int *changes, con
         sqlite3_finalize(st);
         return rc;
     }
+    int64_t got = 0;
     int s;
     while ((s = sqlite3_step(st)) == SQLITE_ROW)
-        if (id)
-            *id = sqlite3_column_int64(st, 0);
-    if (s != SQLITE_DONE) {
+        got = sqlite3_column_int64(st, 0);
+    if (s != SQLITE_DONE)
         rc = db_fail(l, err, s, what);
-        sqlite3_finalize(st);
-        rollback(l);
-        return rc;
-    }
-    if (changes)
+    else if (changes)
         *changes = sqlite3_changes(l->db);
     sqlite3_finalize(st);
-    return commit(l, what, err);
+    rc = end_tx(l, rc, what, err);
+    if (!rc && id)
+        *id = got;
+    return rc;
 }
 
 int ledger_upsert_model(ledger *l, const char *path, const char *sha256, int version,
@@ -472,11 +521,7 @@ int ledger_upsert_model(ledger *l, const char *path, const char *sha256, int ver
     bind_text(st, 2, sha256);
     sqlite3_bind_int(st, 3, version);
     sqlite3_bind_int64(st, 4, now_s());
-    int64_t got = 0;
-    rc = run_write(l, st, &got, NULL, "recording a model", err);
-    if (!rc && id)
-        *id = got;
-    return rc;
+    return run_write(l, st, id, NULL, "recording a model", err);
 }
 
 /* ---- runs -------------------------------------------------------------- */
@@ -514,11 +559,7 @@ int ledger_insert_run(ledger *l, const ledger_run *r, int64_t *id, coin_error *e
     sqlite3_bind_int(st, 14, r->steps_planned);
     sqlite3_bind_int64(st, 15, now_s());
     bind_text(st, 16, r->out_dir);
-    int64_t got = 0;
-    rc = run_write(l, st, &got, NULL, "recording a run", err);
-    if (!rc && id)
-        *id = got;
-    return rc;
+    return run_write(l, st, id, NULL, "recording a run", err);
 }
 
 void ledger_run_free(ledger_run *r)
@@ -549,8 +590,8 @@ int ledger_get_run(ledger *l, int64_t id, ledger_run *out, coin_error *err)
     if (rc)
         return rc;
     sqlite3_bind_int64(st, 1, id);
-    int s = sqlite3_step(st);
-    if (s == SQLITE_ROW) {
+    rc = step_row(l, st, "run", id, "reading a run", err);
+    if (!rc) {
         out->id = sqlite3_column_int64(st, 0);
         out->kind = col_dup(st, 1);
         out->config_json = col_dup(st, 2);
@@ -574,11 +615,6 @@ int ledger_get_run(ledger *l, int64_t id, ledger_run *out, coin_error *err)
         out->error = col_dup(st, 20);
         out->out_dir = col_dup(st, 21);
         out->pid = sqlite3_column_int64(st, 22);
-        rc = 0;
-    } else if (s == SQLITE_DONE) {
-        rc = coin_fail(err, COIN_ENOTFOUND, "ledger %s has no run %lld", l->path, (long long)id);
-    } else {
-        rc = db_fail(l, err, s, "reading a run");
     }
     sqlite3_finalize(st);
     return rc;
@@ -612,10 +648,7 @@ int ledger_set_run_status(ledger *l, int64_t run, const char *status,
     sqlite3_bind_int64(st, 5, (int64_t)getpid());
     int changed = 0;
     rc = run_write(l, st, NULL, &changed, "setting a run's status", err);
-    if (!rc && changed == 0)
-        rc = coin_fail(err, COIN_ENOTFOUND, "ledger %s has no run %lld", l->path,
-                       (long long)run);
-    return rc;
+    return !rc && !changed ? no_such(l, err, "run", run) : rc;
 }
 
 int ledger_mark_interrupted(ledger *l, int *n, coin_error *err)
@@ -714,17 +747,12 @@ static int write_losses(ledger *l, int64_t run, const int *steps, const float *l
     if (!rc) {
         sqlite3_bind_int(up, 1, top);
         sqlite3_bind_int64(up, 2, run);
-        int s = sqlite3_step(up);
-        if (s != SQLITE_DONE)
-            rc = db_fail(l, err, s, "raising the run's step");
+        rc = step_done(l, up, "raising the run's step", err);
+    } else {
+        sqlite3_finalize(up);
     }
     sqlite3_finalize(ins);
-    sqlite3_finalize(up);
-    if (rc) {
-        rollback(l);
-        return rc;
-    }
-    return commit(l, what, err);
+    return end_tx(l, rc, what, err);
 }
 
 int ledger_record_losses(ledger *l, int64_t run, const int *steps, const float *loss,
@@ -739,62 +767,67 @@ int ledger_fill_losses(ledger *l, int64_t run, const int *steps, const float *lo
     return write_losses(l, run, steps, loss, lr, n, 1, err);
 }
 
-int ledger_loss_curve(ledger *l, int64_t run, int **steps, float **loss, float **lr,
-                      size_t *n, coin_error *err)
+int ledger_losses_after(ledger *l, int64_t run, int after, int **steps, float **loss,
+                        float **lr, size_t *n, coin_error *err)
 {
-    if (steps)
-        *steps = NULL;
-    if (loss)
-        *loss = NULL;
-    if (lr)
-        *lr = NULL;
-    *n = 0;
     sqlite3_stmt *st;
-    int rc = prepare(l, "SELECT step, loss, lr FROM losses WHERE run = ? ORDER BY step", &st,
-                     "reading a loss curve", err);
+    int rc = prepare(l, "SELECT step, loss, lr FROM losses WHERE run = ? AND step > ? "
+                     "ORDER BY step", &st, "reading a loss curve", err);
     if (rc)
         return rc;
     sqlite3_bind_int64(st, 1, run);
-    int *ps = NULL;
-    float *pl = NULL, *pr = NULL;
-    size_t cap = 0, count = 0;
+    sqlite3_bind_int(st, 2, after);
+    size_t cap = *n;
     int s;
     while ((s = sqlite3_step(st)) == SQLITE_ROW) {
-        if (count == cap) {
+        if (*n == cap) {
             cap = cap ? cap * 2 : 1024;
-            int *ns = steps ? realloc(ps, cap * sizeof *ps) : NULL;
+            int *ns = steps ? realloc(*steps, cap * sizeof **steps) : NULL;
             if (ns)
-                ps = ns;
-            float *nl = loss ? realloc(pl, cap * sizeof *pl) : NULL;
+                *steps = ns;
+            float *nl = loss ? realloc(*loss, cap * sizeof **loss) : NULL;
             if (nl)
-                pl = nl;
-            float *nr = lr ? realloc(pr, cap * sizeof *pr) : NULL;
+                *loss = nl;
+            float *nr = lr ? realloc(*lr, cap * sizeof **lr) : NULL;
             if (nr)
-                pr = nr;
+                *lr = nr;
             if ((steps && !ns) || (loss && !nl) || (lr && !nr)) {
                 rc = coin_fail(err, COIN_ENOMEM, "ledger %s: out of memory reading the loss "
                                "curve of run %lld", l->path, (long long)run);
                 break;
             }
         }
-        if (ps)
-            ps[count] = sqlite3_column_int(st, 0);
-        if (pl)
-            pl[count] = sqlite3_column_type(st, 1) == SQLITE_NULL
-                            ? NAN : (float)sqlite3_column_double(st, 1);
-        if (pr)
-            pr[count] = sqlite3_column_type(st, 2) == SQLITE_NULL
+        if (steps)
+            (*steps)[*n] = sqlite3_column_int(st, 0);
+        if (loss)
+            (*loss)[*n] = sqlite3_column_type(st, 1) == SQLITE_NULL
+                              ? NAN : (float)sqlite3_column_double(st, 1);
+        if (lr)
+            (*lr)[*n] = sqlite3_column_type(st, 2) == SQLITE_NULL
                             ? NAN : (float)sqlite3_column_double(st, 2);
-        count++;
+        (*n)++;
     }
     if (!rc && s != SQLITE_DONE)
         rc = db_fail(l, err, s, "reading a loss curve");
     sqlite3_finalize(st);
+    return rc;
+}
+
+int ledger_loss_curve(ledger *l, int64_t run, int **steps, float **loss, float **lr,
+                      size_t *n, coin_error *err)
+{
+    int *ps = NULL;
+    float *pl = NULL, *pr = NULL;
+    *n = 0;
+    int rc = ledger_losses_after(l, run, INT_MIN, steps ? &ps : NULL, loss ? &pl : NULL,
+                                 lr ? &pr : NULL, n, err);
     if (rc) {
         free(ps);
         free(pl);
         free(pr);
-        return rc;
+        ps = NULL;
+        pl = pr = NULL;
+        *n = 0;
     }
     if (steps)
         *steps = ps;
@@ -802,8 +835,7 @@ int ledger_loss_curve(ledger *l, int64_t run, int **steps, float **loss, float *
         *loss = pl;
     if (lr)
         *lr = pr;
-    *n = count;
-    return 0;
+    return rc;
 }
 
 /* ---- checkpoints, samples, ratings ------------------------------------- */
@@ -827,11 +859,7 @@ int ledger_insert_checkpoint(ledger *l, int64_t run, int step, const char *path,
     bind_text(st, 3, path);
     bind_text(st, 4, sha256);
     sqlite3_bind_int64(st, 5, now_s());
-    int64_t got = 0;
-    rc = run_write(l, st, &got, NULL, "recording a checkpoint", err);
-    if (!rc && id)
-        *id = got;
-    return rc;
+    return run_write(l, st, id, NULL, "recording a checkpoint", err);
 }
 
 int ledger_insert_sample(ledger *l, const ledger_sample *s, int64_t *id, coin_error *err)
@@ -866,11 +894,7 @@ int ledger_insert_sample(ledger *l, const ledger_sample *s, int64_t *id, coin_er
     bind_text(st, 15, s->image_path);
     bind_text(st, 16, s->image_sha256);
     sqlite3_bind_int64(st, 17, now_s());
-    int64_t got = 0;
-    rc = run_write(l, st, &got, NULL, "recording a sample", err);
-    if (!rc && id)
-        *id = got;
-    return rc;
+    return run_write(l, st, id, NULL, "recording a sample", err);
 }
 
 void ledger_sample_free(ledger_sample *s)
@@ -921,16 +945,9 @@ int ledger_get_sample(ledger *l, int64_t id, ledger_sample *out, coin_error *err
     if (rc)
         return rc;
     sqlite3_bind_int64(st, 1, id);
-    int s = sqlite3_step(st);
-    if (s == SQLITE_ROW) {
+    rc = step_row(l, st, "sample", id, "reading a sample", err);
+    if (!rc)
         read_sample(st, out);
-        rc = 0;
-    } else if (s == SQLITE_DONE) {
-        rc = coin_fail(err, COIN_ENOTFOUND, "ledger %s has no sample %lld", l->path,
-                       (long long)id);
-    } else {
-        rc = db_fail(l, err, s, "reading a sample");
-    }
     sqlite3_finalize(st);
     return rc;
 }
@@ -1038,14 +1055,9 @@ int ledger_run_summary(ledger *l, int64_t run, ledger_run_row *out, coin_error *
     if (rc)
         return rc;
     sqlite3_bind_int64(st, 1, run);
-    int s = sqlite3_step(st);
-    if (s == SQLITE_ROW)
+    rc = step_row(l, st, "run", run, "reading a run's summary", err);
+    if (!rc)
         read_row(st, out);
-    else if (s == SQLITE_DONE)
-        rc = coin_fail(err, COIN_ENOTFOUND, "ledger %s has no run %lld", l->path,
-                       (long long)run);
-    else
-        rc = db_fail(l, err, s, "reading a run's summary");
     sqlite3_finalize(st);
     return rc;
 }
@@ -1105,28 +1117,15 @@ int ledger_update_run(ledger *l, int64_t run, const ledger_run *r, coin_error *e
     sqlite3_bind_int64(st, 14, run);
     int changed = 0;
     rc = run_write(l, st, NULL, &changed, "updating a run", err);
-    if (!rc && !changed)
-        rc = coin_fail(err, COIN_ENOTFOUND, "ledger %s has no run %lld", l->path,
-                       (long long)run);
-    return rc;
+    return !rc && !changed ? no_such(l, err, "run", run) : rc;
 }
 
 int ledger_find_run_by_dir(ledger *l, const char *out_dir, int64_t *run, coin_error *err)
 {
     *run = 0;
-    sqlite3_stmt *st;
-    int rc = prepare(l, "SELECT id FROM runs WHERE kind = 'train' AND out_dir = ? "
-                     "ORDER BY id DESC LIMIT 1", &st, "looking up a training folder", err);
-    if (rc)
-        return rc;
-    bind_text(st, 1, out_dir);
-    int s = sqlite3_step(st);
-    if (s == SQLITE_ROW)
-        *run = sqlite3_column_int64(st, 0);
-    else if (s != SQLITE_DONE)
-        rc = db_fail(l, err, s, "looking up a training folder");
-    sqlite3_finalize(st);
-    return rc;
+    return query_int64(l, "SELECT id FROM runs WHERE kind = 'train' AND out_dir = ? "
+                       "ORDER BY id DESC LIMIT 1", out_dir, run, "looking up a training folder",
+                       err);
 }
 
 int ledger_resume_run(ledger *l, int64_t run, int from_step, int keep_request, coin_error *err)
@@ -1153,38 +1152,19 @@ int ledger_resume_run(ledger *l, int64_t run, int from_step, int keep_request, c
             sqlite3_bind_int64(st, 4, now_s());
             sqlite3_bind_int(st, 5, keep_request != 0);
         }
-        int s = sqlite3_step(st);
-        if (s != SQLITE_DONE)
-            rc = db_fail(l, err, s, what);
-        else if (i == 2 && sqlite3_changes(l->db) == 0)
-            rc = coin_fail(err, COIN_ENOTFOUND, "ledger %s has no run %lld", l->path,
-                           (long long)run);
-        sqlite3_finalize(st);
+        rc = step_done(l, st, what, err);
+        if (!rc && i == 2 && sqlite3_changes(l->db) == 0)
+            rc = no_such(l, err, "run", run);
     }
-    if (rc) {
-        rollback(l);
-        return rc;
-    }
-    return commit(l, what, err);
+    return end_tx(l, rc, what, err);
 }
 
 int ledger_find_checkpoint(ledger *l, const char *sha256, int64_t *id, coin_error *err)
 {
     *id = 0;
-    sqlite3_stmt *st;
     /* The newest: a run resumed past a step re-records identical files. */
-    int rc = prepare(l, "SELECT id FROM checkpoints WHERE sha256 = ? ORDER BY id DESC LIMIT 1",
-                     &st, "looking up a checkpoint by its hash", err);
-    if (rc)
-        return rc;
-    sqlite3_bind_text(st, 1, sha256, -1, SQLITE_STATIC);
-    int s = sqlite3_step(st);
-    if (s == SQLITE_ROW)
-        *id = sqlite3_column_int64(st, 0);
-    else if (s != SQLITE_DONE)
-        rc = db_fail(l, err, s, "looking up a checkpoint by its hash");
-    sqlite3_finalize(st);
-    return rc;
+    return query_int64(l, "SELECT id FROM checkpoints WHERE sha256 = ? ORDER BY id DESC LIMIT 1",
+                       sha256, id, "looking up a checkpoint by its hash", err);
 }
 
 int ledger_list_checkpoints(ledger *l, int64_t run, ledger_checkpoint **out, size_t *n,
@@ -1287,26 +1267,16 @@ int ledger_enqueue_job(ledger *l, int64_t run, const char *argv_json, const char
         bind_text(st, 3, cwd);
         bind_text(st, 4, device);
         sqlite3_bind_int64(st, 5, now_s());
-        int s = sqlite3_step(st);
-        if (s != SQLITE_DONE)
-            rc = db_fail(l, err, s, what);
-        sqlite3_finalize(st);
+        rc = step_done(l, st, what, err);
     }
     if (!rc)
         rc = prepare(l, "UPDATE runs SET status = 'queued', error = NULL, ended_at = NULL "
                      "WHERE id = ?", &st, what, err);
     if (!rc) {
         sqlite3_bind_int64(st, 1, run);
-        int s = sqlite3_step(st);
-        if (s != SQLITE_DONE)
-            rc = db_fail(l, err, s, what);
-        sqlite3_finalize(st);
+        rc = step_done(l, st, what, err);
     }
-    if (rc) {
-        rollback(l);
-        return rc;
-    }
-    return commit(l, what, err);
+    return end_tx(l, rc, what, err);
 }
 
 static int read_job(ledger *l, const char *sql, int64_t key_id, const char *key_text,
@@ -1369,29 +1339,18 @@ int ledger_claim_job(ledger *l, const char *device, ledger_job *out, coin_error 
             sqlite3_bind_int64(st, 1, out->run);
             sqlite3_bind_int64(st, 2, (int64_t)getpid());
             sqlite3_bind_int64(st, 3, now_s());
-            int s = sqlite3_step(st);
-            if (s != SQLITE_DONE)
-                rc = db_fail(l, err, s, what);
-            sqlite3_finalize(st);
+            rc = step_done(l, st, what, err);
         }
         if (!rc)
             rc = prepare(l, "UPDATE jobs SET attempts = attempts + 1 WHERE run = ?", &st, what,
                          err);
         if (!rc) {
             sqlite3_bind_int64(st, 1, out->run);
-            int s = sqlite3_step(st);
-            if (s != SQLITE_DONE)
-                rc = db_fail(l, err, s, what);
-            sqlite3_finalize(st);
+            rc = step_done(l, st, what, err);
         }
         out->attempts++;
     }
-    if (rc) {
-        ledger_job_free(out);
-        rollback(l);
-        return rc;
-    }
-    rc = commit(l, what, err);
+    rc = end_tx(l, rc, what, err);
     if (rc)
         ledger_job_free(out);
     return rc;
@@ -1409,20 +1368,11 @@ void ledger_job_free(ledger_job *j)
 
 int ledger_count_queued(ledger *l, const char *device, int *n, coin_error *err)
 {
-    *n = 0;
-    sqlite3_stmt *st;
-    int rc = prepare(l, "SELECT COUNT(*) FROM jobs j JOIN runs r ON r.id = j.run "
-                     "WHERE r.status = 'queued' AND (?1 IS NULL OR j.device = ?1)", &st,
-                     "counting queued jobs", err);
-    if (rc)
-        return rc;
-    bind_text(st, 1, device);
-    int s = sqlite3_step(st);
-    if (s == SQLITE_ROW)
-        *n = sqlite3_column_int(st, 0);
-    else
-        rc = db_fail(l, err, s, "counting queued jobs");
-    sqlite3_finalize(st);
+    int64_t count = 0;
+    int rc = query_int64(l, "SELECT COUNT(*) FROM jobs j JOIN runs r ON r.id = j.run "
+                         "WHERE r.status = 'queued' AND (?1 IS NULL OR j.device = ?1)", device,
+                         &count, "counting queued jobs", err);
+    *n = (int)count;
     return rc;
 }
 
@@ -1465,13 +1415,9 @@ int ledger_get_status(ledger *l, int64_t run, char status[16], coin_error *err)
         return err ? err->code : COIN_EIO;
     sqlite3_stmt *st = l->status_st;
     sqlite3_bind_int64(st, 1, run);
-    int s = sqlite3_step(st), rc = 0;
-    if (s == SQLITE_ROW)
+    int rc = step_row(l, st, "run", run, "reading a run's status", err);
+    if (!rc)
         col_copy(st, 0, status, 16);
-    else if (s == SQLITE_DONE)
-        rc = coin_fail(err, COIN_ENOTFOUND, "ledger %s has no run %lld", l->path, (long long)run);
-    else
-        rc = db_fail(l, err, s, "reading a run's status");
     sqlite3_reset(st);
     return rc;
 }

@@ -117,6 +117,13 @@ int ledger_record_losses(ledger *l, int64_t run, const int *steps, const float *
 int ledger_fill_losses(ledger *l, int64_t run, const int *steps, const float *loss,
                        const float *lr, size_t n, coin_error *err);
 
+/* The losses of run after step `after` in step order, appended to the
+ * caller's arrays: *steps, *loss, *lr (each may be NULL) are realloc'd to
+ * *n + the new count, and *n grows.  So a live curve reads only its tail.
+ * On failure the arrays hold what was read so far (the caller frees them). */
+int ledger_losses_after(ledger *l, int64_t run, int after, int **steps, float **loss,
+                        float **lr, size_t *n, coin_error *err);
+
 /* The loss curve of run in step order: *steps, *loss, *lr (each may be
  * NULL if not wanted) are malloc'd arrays of *n entries that the caller
  * frees; all NULL and *n 0 when the run has none. */

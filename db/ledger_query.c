@@ -66,52 +66,6 @@ int lq_run_counts(ledger *l, int64_t *max_id, int *active, coin_error *err)
     return rc;
 }
 
-int lq_losses_after(ledger *l, int64_t run, int after, int **steps, float **loss, float **lr,
-                    size_t *n, coin_error *err)
-{
-    sqlite3_stmt *st;
-    int rc = prepare(l, "SELECT step, loss, lr FROM losses WHERE run = ? AND step > ? "
-                     "ORDER BY step", &st, "reading a loss curve", err);
-    if (rc)
-        return rc;
-    sqlite3_bind_int64(st, 1, run);
-    sqlite3_bind_int(st, 2, after);
-    size_t cap = *n;
-    int s;
-    while ((s = sqlite3_step(st)) == SQLITE_ROW) {
-        if (*n == cap) {
-            cap = cap ? cap * 2 : 1024;
-            int *ns = steps ? realloc(*steps, cap * sizeof **steps) : NULL;
-            if (ns)
-                *steps = ns;
-            float *nl = loss ? realloc(*loss, cap * sizeof **loss) : NULL;
-            if (nl)
-                *loss = nl;
-            float *nr = lr ? realloc(*lr, cap * sizeof **lr) : NULL;
-            if (nr)
-                *lr = nr;
-            if ((steps && !ns) || (loss && !nl) || (lr && !nr)) {
-                rc = coin_fail(err, COIN_ENOMEM, "out of memory reading the losses of run %lld",
-                               (long long)run);
-                break;
-            }
-        }
-        if (steps)
-            (*steps)[*n] = sqlite3_column_int(st, 0);
-        if (loss)
-            (*loss)[*n] = sqlite3_column_type(st, 1) == SQLITE_NULL
-                              ? NAN : (float)sqlite3_column_double(st, 1);
-        if (lr)
-            (*lr)[*n] = sqlite3_column_type(st, 2) == SQLITE_NULL
-                            ? NAN : (float)sqlite3_column_double(st, 2);
-        (*n)++;
-    }
-    if (!rc && s != SQLITE_DONE)
-        rc = fail(l, err, "reading a loss curve");
-    sqlite3_finalize(st);
-    return rc;
-}
-
 int lq_loss_spans(ledger *l, int64_t run, int last_step, int width, float *out,
                   coin_error *err)
 {

@@ -1,8 +1,8 @@
 /*
  * ledger_query.h - the read-side queries of the workbench over the run
- * ledger (ledger.h): change detection, incremental loss curves, loss
- * summaries for sparklines, a run's checkpoints, samples with filters, and
- * deleting a run with the files only it points at.
+ * ledger (ledger.h): change detection, loss summaries for sparklines, a
+ * run's checkpoints, samples with filters, and deleting a run with the
+ * files only it points at.
  *
  * These live apart from ledger.c because they serve one screen each and
  * change with the screens; they use the same connection (ledger_sqlite) and
@@ -27,12 +27,6 @@ int lq_data_version(ledger *l, int64_t *version, coin_error *err);
 /* The largest run id (0: no runs), and the number of runs queued or
  * running (*active, may be NULL). */
 int lq_run_counts(ledger *l, int64_t *max_id, int *active, coin_error *err);
-
-/* The losses of run after step `after` in step order, appended to the
- * caller's arrays: *steps, *loss, *lr (each may be NULL) are realloc'd to
- * *n + the new count, and *n grows.  So a live curve reads only its tail. */
-int lq_losses_after(ledger *l, int64_t run, int after, int **steps, float **loss, float **lr,
-                    size_t *n, coin_error *err);
 
 /* The mean loss of run in `width` equal spans of steps 1 .. last_step,
  * into out[width] (NaN for a span without losses): a sparkline of a run

@@ -357,12 +357,12 @@ TEST(ledger_query_reads_curves_by_their_tail_and_in_spans)
     int *s = NULL;
     float *lo = NULL;
     size_t n = 0;
-    REQUIRE_OK(lq_losses_after(l, run, 0, &s, &lo, NULL, &n, &err), &err);
+    REQUIRE_OK(ledger_losses_after(l, run, 0, &s, &lo, NULL, &n, &err), &err);
     CHECK_EQ_INT(n, 4);
     int more_steps[] = {5, 6};
     float more[] = {5, 6};
     REQUIRE_OK(ledger_record_losses(l, run, more_steps, more, NULL, 2, &err), &err);
-    REQUIRE_OK(lq_losses_after(l, run, s[n - 1], &s, &lo, NULL, &n, &err), &err);
+    REQUIRE_OK(ledger_losses_after(l, run, s[n - 1], &s, &lo, NULL, &n, &err), &err);
     CHECK_EQ_INT(n, 6);
     CHECK(s[4] == 5 && s[5] == 6 && lo[5] == 6.0f && lo[0] == 1.0f);
     free(s);

@@ -4,7 +4,7 @@
  * images, and the controls (pause, resume, stop, sample, clone) (wb.h).
  *
  * The curve is read once and then only its new tail at each refresh
- * (lq_losses_after), so a long run costs the same to watch at step 100,000
+ * (ledger_losses_after), so a long run costs the same to watch at step 100,000
  * as at step 100.
  */
 #include <cJSON.h>
@@ -131,7 +131,7 @@ void run_reload(wb *w)
     /* the new tail of the curve */
     size_t old = s->n;
     int last = s->n ? s->steps[s->n - 1] : 0;
-    if (lq_losses_after(w->l, s->id, last, &s->steps, &s->loss, &s->lr, &s->n, &err)) {
+    if (ledger_losses_after(w->l, s->id, last, &s->steps, &s->loss, &s->lr, &s->n, &err)) {
         wb_message(w, 1, "%s", err.msg);
     } else if (s->n > old) {
         /* the plot wants its x as floats: kept beside the steps */
@@ -163,7 +163,8 @@ void run_reload(wb *w)
         }
     }
     if (s->overlay && !s->o_n &&
-        lq_losses_after(w->l, s->overlay, 0, &s->o_steps, &s->o_loss, NULL, &s->o_n, &err) == 0 &&
+        ledger_losses_after(w->l, s->overlay, 0, &s->o_steps, &s->o_loss, NULL, &s->o_n,
+                            &err) == 0 &&
         s->o_n && (s->o_xs = malloc(s->o_n * sizeof *s->o_xs)))
         for (size_t i = 0; i < s->o_n; i++)
             s->o_xs[i] = (float)s->o_steps[i];
