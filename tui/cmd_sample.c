@@ -353,8 +353,8 @@ static int queue_sample(const sample_args *a, int argc, char **argv, const job_f
             coin_fail(&err, COIN_ENOTFOUND, "%s: no such file", a->embeddings[i]);
             return cli_report(&err);
         }
-    char host[256] = "";
-    gethostname(host, sizeof host - 1);
+    char host[256];
+    cli_host_name(host, sizeof host);
     ledger_run lr = {.kind = "sample", .backend = be->name, .precision = "fp32",
                      .coin_version = COIN_VERSION, .host = host, .steps_planned = (int)a->batch};
     ledger *l;
@@ -377,12 +377,9 @@ int cmd_sample(int argc, char **argv)
     int rc = job_take_flags(&argc, argv, &jf, "sample");
     if (rc)
         return rc;
-    char **job_argv = calloc((size_t)argc + 1, sizeof *job_argv);
-    if (!job_argv) {
-        fprintf(stderr, "coin: out of memory\n");
+    char **job_argv = job_copy_argv(argc, argv);
+    if (!job_argv)
         return 1;
-    }
-    memcpy(job_argv, argv, (size_t)argc * sizeof *argv);
     sample_args a;
     optind = 0;
     rc = parse_sample_args(argc, argv, &a);

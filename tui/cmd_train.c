@@ -235,6 +235,17 @@ static void describe_run(ledger_run *run, const ti_config *c, const cJSON *saved
                                                                         : c->steps;
 }
 
+/* c as JSON (malloc'd) with out_dir, the absolute form of its output
+ * folder, in place of the folder as given: the ledger's record of a run
+ * must not depend on where coin was started. */
+static char *config_json_at(const ti_config *c, const char *out_dir)
+{
+    ti_config abs = *c;
+    if (strlen(out_dir) < sizeof abs.out_dir)
+        strcpy(abs.out_dir, out_dir);
+    return ti_config_to_json(&abs);
+}
+
 /* Puts the run in the ledger for this process to train it: a new run's
  * configuration (hashing the model once here, so the trainer need not), or
  * a resumed one's saved state, continuing its own row (job_run, or the run
@@ -262,10 +273,7 @@ static int start_record(recorder *rec, ti_config *c, const char *resume, int ste
             return rc;
         snprintf(c->model_sha256, sizeof c->model_sha256, "%s", sha);
         model = c->model;
-        ti_config abs = *c;
-        if (strlen(out_dir) < sizeof abs.out_dir)
-            strcpy(abs.out_dir, out_dir);
-        config = ti_config_to_json(&abs);
+        config = config_json_at(c, out_dir);
     }
     cJSON *saved = resume && config ? cJSON_Parse(config) : NULL;
     ledger_run run;
@@ -326,16 +334,13 @@ static int queue_train(ti_config *c, const char *resume, int steps_given, const 
                       c->out_dir);
             return cli_report(&err);
         }
-        ti_config abs = *c;
-        if (strlen(out_dir) < sizeof abs.out_dir)
-            strcpy(abs.out_dir, out_dir);
-        config = ti_config_to_json(&abs);
+        config = config_json_at(c, out_dir);
     }
     cJSON *saved = resume && config ? cJSON_Parse(config) : NULL;
     ledger_run run;
     describe_run(&run, c, saved, config ? config : "{}", out_dir, steps_given, be);
-    char host[256] = "";
-    gethostname(host, sizeof host - 1);
+    char host[256];
+    cli_host_name(host, sizeof host);
     run.host = host;
     ledger *l = NULL;
     int64_t id = 0;
@@ -380,12 +385,9 @@ int cmd_train(int argc, char **argv)
     if (rc)
         return rc;
     /* The command line as given, for the job (getopt reorders argv). */
-    char **job_argv = calloc((size_t)argc + 1, sizeof *job_argv);
-    if (!job_argv) {
-        fprintf(stderr, "coin: out of memory\n");
+    char **job_argv = job_copy_argv(argc, argv);
+    if (!job_argv)
         return 1;
-    }
-    memcpy(job_argv, argv, (size_t)argc * sizeof *argv);
     rc = train_main(argc, argv, argc, job_argv, &jf);
     free(job_argv);
     return rc;

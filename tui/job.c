@@ -59,6 +59,16 @@ int job_take_flags(int *argc, char **argv, job_flags *f, const char *cmd)
     return 0;
 }
 
+char **job_copy_argv(int argc, char **argv)
+{
+    char **copy = calloc((size_t)argc + 1, sizeof *copy);
+    if (copy)
+        memcpy(copy, argv, (size_t)argc * sizeof *argv);
+    else
+        fprintf(stderr, "coin: out of memory\n");
+    return copy;
+}
+
 /* The workspace folder: where the ledger lives. */
 static int workspace_dir(char *buf, size_t len, coin_error *err)
 {
@@ -295,8 +305,8 @@ int job_follow(int64_t run)
          * (another host).  Say so rather than wait for ever. */
         if (!strcmp(r.status, "running") && r.pid > 0 && kill((pid_t)r.pid, 0) == -1 &&
             errno == ESRCH && r.host && polls % 10 == 9) {
-            char host[256] = "";
-            gethostname(host, sizeof host - 1);
+            char host[256];
+            cli_host_name(host, sizeof host);
             if (!strcmp(host, r.host) && ++dead_polls >= 3) {
                 fprintf(stderr, "run %lld: its process (%lld) has ended, but the ledger still "
                         "says running and cannot be updated (is the disk full?); see its log "
@@ -321,8 +331,8 @@ int job_follow(int64_t run)
          * worker holding its device (one that crashed, or was killed)
          * gets a new worker. */
         if (++polls % 10 == 0) {
-            char host[256] = "";
-            gethostname(host, sizeof host - 1);
+            char host[256];
+            cli_host_name(host, sizeof host);
             ledger_mark_dead_runs(l, host, NULL, NULL);
             ledger_job job;
             if (!strcmp(last_status, "queued") && ledger_get_job(l, run, &job, NULL) == 0) {

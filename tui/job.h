@@ -35,6 +35,12 @@ typedef struct job_flags {
  * printing a usage error for cmd. */
 int job_take_flags(int *argc, char **argv, job_flags *f, const char *cmd);
 
+/* A copy of argv[0 .. argc) and a NULL after it (the pointers, not the
+ * strings): the command line as given, for job_queue, before getopt
+ * reorders argv.  NULL, after saying so on stderr, when out of memory; the
+ * caller frees it. */
+char **job_copy_argv(int argc, char **argv);
+
 /* "$COIN_HOME/logs/NAME.log" (the logs folder created when missing). */
 int job_log_path(char *buf, size_t len, const char *name, coin_error *err);
 

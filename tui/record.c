@@ -19,7 +19,7 @@ static void warn(recorder *r, const coin_error *err)
             r->l ? "" : " (the job goes on unrecorded)");
 }
 
-static void host_name(char *buf, size_t len)
+void cli_host_name(char *buf, size_t len)
 {
     buf[0] = '\0';
     gethostname(buf, len - 1);
@@ -35,7 +35,7 @@ int cli_open_ledger(ledger **l, coin_error *err)
     if (rc)
         return rc;
     /* A run left 'running' by a process that died is over: say so. */
-    host_name(host, sizeof host);
+    cli_host_name(host, sizeof host);
     if ((rc = ledger_mark_dead_runs(*l, host, NULL, err))) {
         ledger_close(*l);
         *l = NULL;
@@ -54,7 +54,7 @@ static int open_for_run(recorder *r, ledger_run *run, const char *model_path,
         warn(r, &err);
         return -1;
     }
-    host_name(host, host_len);
+    cli_host_name(host, host_len);
     run->host = host;
     int64_t model = 0;
     if (model_path && model_sha256 && model_sha256[0] &&

@@ -23,6 +23,9 @@ typedef struct recorder {
     float loss[RECORD_BATCH], lr[RECORD_BATCH];
 } recorder;
 
+/* This machine's name, as runs record it ("" when it has none). */
+void cli_host_name(char *buf, size_t len);
+
 /* Opens the ledger ($COIN_HOME or ~/.local/share/coin) and, as every coin
  * start does, marks runs of this host whose process died as interrupted. */
 int cli_open_ledger(ledger **l, coin_error *err);
