@@ -53,6 +53,15 @@ typedef struct wb_form {
     int n, sel, top;
 } wb_form;
 
+/* A field as a form declares it, with the value it starts with (NULL:
+ * empty). */
+typedef struct wb_field_spec {
+    const char *label, *key;
+    wb_field_type type;
+    const char *choices;        /* FT_CHOICE: "a|b|c" */
+    const char *value;
+} wb_field_spec;
+
 struct wb;
 /* Draws the fields in the box (y, x, h rows, w cols); the selected one is
  * highlighted when focused.  Returns the rows used. */
@@ -60,8 +69,13 @@ int form_draw(struct wb *w, wb_form *f, int y, int x, int h, int wd, int focused
 /* Offers a key to the selected field; 1 when it was used (an edit or a
  * move between fields), 0 when the caller should handle it. */
 int form_key(wb_form *f, int is_key, wint_t ch);
+/* The field for key; a blank one that nothing shows when there is none. */
 wb_field *form_get(wb_form *f, const char *key);
+/* Sets key's field to value (NULL: empty), the cursor at its end. */
 void form_set(wb_form *f, const char *key, const char *value);
+/* Sets f up with the n fields of spec, held in fields (room for cap), each
+ * with its starting value, the first one selected. */
+void form_init(wb_form *f, wb_field *fields, int cap, const wb_field_spec *spec, int n);
 
 /* ---- jobs started through coin's command line (wb_jobs.c) ---- */
 

@@ -28,19 +28,12 @@ void browse_open(wb *w, int64_t run)
 {
     wb_browse_state *s = &w->browse;
     if (!s->form.f) {
-        static const struct { const char *label, *key; wb_field_type t; const char *ch; } F[] = {
-            {"prompt has", "text", FT_TEXT, NULL}, {"seed", "seed", FT_INT, NULL},
-            {"run", "run", FT_INT, NULL},
-            {"rating", "rating", FT_CHOICE, "any|good|bad|not rated"}};
-        s->form.f = s->fields;
-        s->form.n = 4;
-        for (int i = 0; i < 4; i++) {
-            s->fields[i].label = F[i].label;
-            s->fields[i].key = F[i].key;
-            s->fields[i].type = F[i].t;
-            s->fields[i].choices = F[i].ch;
-        }
-        form_set(&s->form, "rating", "any");
+        static const wb_field_spec F[] = {
+            {"prompt has", "text", FT_TEXT, NULL, NULL}, {"seed", "seed", FT_INT, NULL, NULL},
+            {"run", "run", FT_INT, NULL, NULL},
+            {"rating", "rating", FT_CHOICE, "any|good|bad|not rated", "any"}};
+        form_init(&s->form, s->fields, sizeof s->fields / sizeof *s->fields, F,
+                  sizeof F / sizeof *F);
     }
     char id[24] = "";
     if (run)
@@ -180,25 +173,18 @@ void eval_open(wb *w, int64_t run)
 {
     wb_eval_state *s = &w->eval;
     if (!s->form.f) {
-        static const struct { const char *label, *key; wb_field_type t; } F[] = {
-            {"run", "run", FT_INT}, {"checkpoint step (empty: latest)", "step", FT_INT},
-            {"subjects (comma separated)", "subjects", FT_TEXT}, {"images per subject", "count", FT_INT},
-            {"template", "template", FT_TEXT}, {"steps", "steps", FT_INT},
-            {"first seed", "seed", FT_INT}, {"grid rows", "grid", FT_INT}};
-        s->form.f = s->fields;
-        s->form.n = 8;
-        for (int i = 0; i < 8; i++) {
-            s->fields[i].label = F[i].label;
-            s->fields[i].key = F[i].key;
-            s->fields[i].type = F[i].t;
-        }
-        form_set(&s->form, "subjects",
-                 "Brad Pitt, Angelina Jolie, Chris Evans, Tom Holland, Robert Downey Jr.");
-        form_set(&s->form, "count", "4");
-        form_set(&s->form, "template", "a photo of {subject} giving a {trigger}");
-        form_set(&s->form, "steps", "25");
-        form_set(&s->form, "seed", "42");
-        form_set(&s->form, "grid", "2");
+        static const wb_field_spec F[] = {
+            {"run", "run", FT_INT, NULL, NULL},
+            {"checkpoint step (empty: latest)", "step", FT_INT, NULL, NULL},
+            {"subjects (comma separated)", "subjects", FT_TEXT, NULL,
+             "Brad Pitt, Angelina Jolie, Chris Evans, Tom Holland, Robert Downey Jr."},
+            {"images per subject", "count", FT_INT, NULL, "4"},
+            {"template", "template", FT_TEXT, NULL, "a photo of {subject} giving a {trigger}"},
+            {"steps", "steps", FT_INT, NULL, "25"},
+            {"first seed", "seed", FT_INT, NULL, "42"},
+            {"grid rows", "grid", FT_INT, NULL, "2"}};
+        form_init(&s->form, s->fields, sizeof s->fields / sizeof *s->fields, F,
+                  sizeof F / sizeof *F);
     }
     if (!run && w->runs.n_order)
         for (size_t i = 0; i < w->runs.n && !run; i++)

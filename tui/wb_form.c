@@ -36,12 +36,33 @@ wb_field *form_get(wb_form *f, const char *key)
     return &none;
 }
 
+static void set_value(wb_field *x, const char *value)
+{
+    snprintf(x->value, sizeof x->value, "%s", value ? value : "");
+    x->cur = strlen(x->value);
+}
+
 void form_set(wb_form *f, const char *key, const char *value)
 {
     wb_field *x = form_get(f, key);
-    if (x->key[0]) {
-        snprintf(x->value, sizeof x->value, "%s", value ? value : "");
-        x->cur = strlen(x->value);
+    if (x->key[0])
+        set_value(x, value);
+}
+
+void form_init(wb_form *f, wb_field *fields, int cap, const wb_field_spec *spec, int n)
+{
+    if (n > cap)
+        n = cap;
+    memset(f, 0, sizeof *f);
+    f->f = fields;
+    f->n = n;
+    for (int i = 0; i < n; i++) {
+        memset(&fields[i], 0, sizeof fields[i]);
+        fields[i].label = spec[i].label;
+        fields[i].key = spec[i].key;
+        fields[i].type = spec[i].type;
+        fields[i].choices = spec[i].choices;
+        set_value(&fields[i], spec[i].value);
     }
 }
 
@@ -241,36 +262,34 @@ int form_draw(wb *w, wb_form *f, int y, int x, int h, int wd, int focused)
 
 /* ---- the new training run form ---- */
 
-static const struct {
-    const char *label, *key;
-    wb_field_type type;
-    const char *choices;
-} TRAIN_FIELDS[] = {
-    {"model", "model", FT_TEXT, NULL},
-    {"images folder", "images", FT_TEXT, NULL},
-    {"trigger word", "token", FT_TEXT, NULL},
-    {"initializer word", "init", FT_TEXT, NULL},
-    {"output folder", "out", FT_TEXT, NULL},
-    {"steps", "steps", FT_INT, NULL},
-    {"learning rate", "lr", FT_FLOAT, NULL},
-    {"scale lr by batch", "scale-lr", FT_BOOL, NULL},
-    {"lr schedule", "lr-schedule", FT_CHOICE, "constant|constant_with_warmup|linear|cosine"},
-    {"warm-up steps", "warmup", FT_INT, NULL},
-    {"batch", "batch", FT_INT, NULL},
-    {"gradient accumulation", "grad-accum", FT_INT, NULL},
-    {"clip gradient (0: off)", "clip-grad", FT_FLOAT, NULL},
-    {"vectors per trigger", "vectors", FT_INT, NULL},
-    {"templates", "templates", FT_TEXT, NULL},
-    {"resolution (0: native)", "resolution", FT_INT, NULL},
-    {"center crop", "center-crop", FT_BOOL, NULL},
-    {"checkpoint every", "save-every", FT_INT, NULL},
-    {"seed", "seed", FT_INT, NULL},
-    {"gradient checkpointing", "grad-checkpointing", FT_BOOL, NULL},
-    {"previews per checkpoint", "previews", FT_INT, NULL},
-    {"preview prompt", "preview-prompt", FT_TEXT, NULL},
-    {"preview steps", "preview-steps", FT_INT, NULL},
-    {"preview seed", "preview-seed", FT_INT, NULL},
-    {"backend", "backend", FT_CHOICE, "auto|cpu|cuda"},
+/* Each field starts with coin train's default (coin train --help). */
+static const wb_field_spec TRAIN_FIELDS[] = {
+    {"model", "model", FT_TEXT, NULL, NULL},
+    {"images folder", "images", FT_TEXT, NULL, NULL},
+    {"trigger word", "token", FT_TEXT, NULL, NULL},
+    {"initializer word", "init", FT_TEXT, NULL, NULL},
+    {"output folder", "out", FT_TEXT, NULL, NULL},
+    {"steps", "steps", FT_INT, NULL, "2000"},
+    {"learning rate", "lr", FT_FLOAT, NULL, "0.0005"},
+    {"scale lr by batch", "scale-lr", FT_BOOL, NULL, "yes"},
+    {"lr schedule", "lr-schedule", FT_CHOICE, "constant|constant_with_warmup|linear|cosine",
+     "constant"},
+    {"warm-up steps", "warmup", FT_INT, NULL, "0"},
+    {"batch", "batch", FT_INT, NULL, "4"},
+    {"gradient accumulation", "grad-accum", FT_INT, NULL, "1"},
+    {"clip gradient (0: off)", "clip-grad", FT_FLOAT, NULL, "0"},
+    {"vectors per trigger", "vectors", FT_INT, NULL, "1"},
+    {"templates", "templates", FT_TEXT, NULL, "object"},
+    {"resolution (0: native)", "resolution", FT_INT, NULL, "0"},
+    {"center crop", "center-crop", FT_BOOL, NULL, "no"},
+    {"checkpoint every", "save-every", FT_INT, NULL, "250"},
+    {"seed", "seed", FT_INT, NULL, "42"},
+    {"gradient checkpointing", "grad-checkpointing", FT_BOOL, NULL, "no"},
+    {"previews per checkpoint", "previews", FT_INT, NULL, "4"},
+    {"preview prompt", "preview-prompt", FT_TEXT, NULL, "a photo of a {}"},
+    {"preview steps", "preview-steps", FT_INT, NULL, "25"},
+    {"preview seed", "preview-seed", FT_INT, NULL, "42"},
+    {"backend", "backend", FT_CHOICE, "auto|cpu|cuda", "auto"},
 };
 #define N_TRAIN_FIELDS ((int)(sizeof TRAIN_FIELDS / sizeof *TRAIN_FIELDS))
 
@@ -309,28 +328,8 @@ static void set_num(wb_form *f, const char *key, const cJSON *v, int is_float)
 void form_new_run(wb *w, int64_t clone_from)
 {
     wb_form *f = &w->form;
-    f->f = w->form_fields;
-    f->n = N_TRAIN_FIELDS;
-    f->sel = 0;
-    f->top = 0;
-    for (int i = 0; i < N_TRAIN_FIELDS; i++) {
-        memset(&f->f[i], 0, sizeof f->f[i]);
-        f->f[i].label = TRAIN_FIELDS[i].label;
-        f->f[i].key = TRAIN_FIELDS[i].key;
-        f->f[i].type = TRAIN_FIELDS[i].type;
-        f->f[i].choices = TRAIN_FIELDS[i].choices;
-    }
-    /* coin train's defaults (coin train --help) */
-    static const char *const defaults[][2] = {
-        {"steps", "2000"}, {"lr", "0.0005"}, {"scale-lr", "yes"}, {"lr-schedule", "constant"},
-        {"warmup", "0"}, {"batch", "4"}, {"grad-accum", "1"}, {"clip-grad", "0"},
-        {"vectors", "1"}, {"templates", "object"}, {"resolution", "0"}, {"center-crop", "no"},
-        {"save-every", "250"}, {"seed", "42"}, {"grad-checkpointing", "no"}, {"previews", "4"},
-        {"preview-prompt", "a photo of a {}"}, {"preview-steps", "25"}, {"preview-seed", "42"},
-        {"backend", "auto"},
-    };
-    for (size_t i = 0; i < sizeof defaults / sizeof *defaults; i++)
-        form_set(f, defaults[i][0], defaults[i][1]);
+    form_init(f, w->form_fields, sizeof w->form_fields / sizeof *w->form_fields, TRAIN_FIELDS,
+              N_TRAIN_FIELDS);
     /* the model of the newest run is the likeliest one */
     if (w->runs.n && w->runs.rows[0].model_path[0])
         form_set(f, "model", w->runs.rows[0].model_path);

@@ -22,24 +22,21 @@
 
 #include "tui/wb.h"
 
-static const struct {
-    const char *label, *key;
-    wb_field_type type;
-    const char *choices;
-} SAMPLE_FIELDS[] = {
-    {"prompt", "prompt", FT_TEXT, NULL},
-    {"negative", "negative", FT_TEXT, NULL},
-    {"seed", "seed", FT_INT, NULL},
-    {"steps", "steps", FT_INT, NULL},
-    {"guidance", "cfg", FT_FLOAT, NULL},
-    {"sampler", "sampler", FT_CHOICE, "model's own|ddim|pndm|euler|euler_a|dpmpp_2m"},
-    {"schedule", "schedule", FT_CHOICE, "default|karras"},
-    {"width (0: native)", "width", FT_INT, NULL},
-    {"height (0: native)", "height", FT_INT, NULL},
-    {"images", "batch", FT_INT, NULL},
-    {"grid rows", "grid", FT_INT, NULL},
-    {"model", "model", FT_TEXT, NULL},
-    {"embedding", "embedding", FT_TEXT, NULL},
+static const wb_field_spec SAMPLE_FIELDS[] = {
+    {"prompt", "prompt", FT_TEXT, NULL, NULL},
+    {"negative", "negative", FT_TEXT, NULL, NULL},
+    {"seed", "seed", FT_INT, NULL, "42"},
+    {"steps", "steps", FT_INT, NULL, "25"},
+    {"guidance", "cfg", FT_FLOAT, NULL, "7.5"},
+    {"sampler", "sampler", FT_CHOICE, "model's own|ddim|pndm|euler|euler_a|dpmpp_2m",
+     "model's own"},
+    {"schedule", "schedule", FT_CHOICE, "default|karras", "default"},
+    {"width (0: native)", "width", FT_INT, NULL, "0"},
+    {"height (0: native)", "height", FT_INT, NULL, "0"},
+    {"images", "batch", FT_INT, NULL, "4"},
+    {"grid rows", "grid", FT_INT, NULL, "1"},
+    {"model", "model", FT_TEXT, NULL, NULL},
+    {"embedding", "embedding", FT_TEXT, NULL, NULL},
 };
 #define N_SAMPLE_FIELDS ((int)(sizeof SAMPLE_FIELDS / sizeof *SAMPLE_FIELDS))
 
@@ -64,22 +61,9 @@ void sample_open(wb *w, int64_t run, const char *embedding, const char *trigger,
                  const char *model)
 {
     wb_sample_state *s = &w->sample;
-    int fresh = !s->form.f;
-    if (fresh) {
-        s->form.f = s->fields;
-        s->form.n = N_SAMPLE_FIELDS;
-        for (int i = 0; i < N_SAMPLE_FIELDS; i++) {
-            s->fields[i].label = SAMPLE_FIELDS[i].label;
-            s->fields[i].key = SAMPLE_FIELDS[i].key;
-            s->fields[i].type = SAMPLE_FIELDS[i].type;
-            s->fields[i].choices = SAMPLE_FIELDS[i].choices;
-        }
-        static const char *const defaults[][2] = {
-            {"seed", "42"}, {"steps", "25"}, {"cfg", "7.5"}, {"sampler", "model's own"},
-            {"schedule", "default"}, {"width", "0"}, {"height", "0"}, {"batch", "4"},
-            {"grid", "1"}};
-        for (size_t i = 0; i < sizeof defaults / sizeof *defaults; i++)
-            form_set(&s->form, defaults[i][0], defaults[i][1]);
+    if (!s->form.f) {
+        form_init(&s->form, s->fields, sizeof s->fields / sizeof *s->fields, SAMPLE_FIELDS,
+                  N_SAMPLE_FIELDS);
         if (w->runs.n && w->runs.rows[0].model_path[0])
             form_set(&s->form, "model", w->runs.rows[0].model_path);
     }
