@@ -5,7 +5,6 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <sqlite3.h>
@@ -14,6 +13,7 @@
 #include "core/image.h"
 #include "core/safetensors.h"
 #include "db/ledger.h"
+#include "cli_helpers.h"
 #include "test.h"
 
 /* Runs a shell command, captures stdout+stderr into out; returns the exit code. */
@@ -27,13 +27,7 @@ static int run(const char *cmd, char *out, size_t len)
     }
     char full[4096];
     snprintf(full, sizeof full, "{ %s; } 2>&1", cmd);
-    FILE *p = popen(full, "r");
-    if (!p)
-        return -1;
-    size_t n = fread(out, 1, len - 1, p);
-    out[n] = '\0';
-    int status = pclose(p);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return test_capture(full, out, len);
 }
 
 static char out[65536];

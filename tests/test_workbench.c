@@ -19,6 +19,7 @@
 
 #include "db/ledger.h"
 #include "db/ledger_query.h"
+#include "cli_helpers.h"
 #include "test.h"
 
 static char sock[800], repo[1024];
@@ -40,11 +41,7 @@ static void screen(char *buf, size_t len)
 {
     char cmd[1024];
     snprintf(cmd, sizeof cmd, "tmux -S %s capture-pane -p -t wb 2>/dev/null", sock);
-    FILE *p = popen(cmd, "r");
-    size_t n = p ? fread(buf, 1, len - 1, p) : 0;
-    buf[n] = '\0';
-    if (p)
-        pclose(p);
+    test_capture(cmd, buf, len);
 }
 
 static char scr[65536];
@@ -211,12 +208,7 @@ TEST(workbench_end_to_end_in_tmux)
     WAIT("Path of sample", 5);
     char buf_cmd[1024], clip[1024] = "";
     snprintf(buf_cmd, sizeof buf_cmd, "tmux -S %s show-buffer 2>/dev/null", sock);
-    FILE *bp = popen(buf_cmd, "r");
-    if (bp) {
-        size_t got = fread(clip, 1, sizeof clip - 1, bp);
-        clip[got] = '\0';
-        pclose(bp);
-    }
+    test_capture(buf_cmd, clip, sizeof clip);
     CHECK_MSG(strstr(clip, "/samples/") && strstr(clip, ".png") && strstr(scr, clip),
               "clipboard \"%s\" is not the path on screen", clip);
     keys("Escape");
@@ -249,12 +241,7 @@ TEST(workbench_end_to_end_in_tmux)
     WAIT("WB-EXIT=0", 10);
     char cmd[1200], out[4096] = "";
     snprintf(cmd, sizeof cmd, "COIN_HOME=%s bin/coin runs", home);
-    FILE *p = popen(cmd, "r");
-    if (p) {
-        size_t n = fread(out, 1, sizeof out - 1, p);
-        out[n] = '\0';
-        pclose(p);
-    }
+    test_capture(cmd, out, sizeof out);
     CHECK_STR_CONTAINS(out, "running");
     start_coin(home);
     WAIT("running", 20);
@@ -316,11 +303,7 @@ static ledger *fresh_ledger(const char *name)
 {
     char path[900];
     snprintf(path, sizeof path, "%s/%s", test_tmpdir(), name);
-    ledger *l = NULL;
-    coin_error err = {0};
-    if (ledger_open(&l, path, &err))
-        test_failed(__FILE__, __LINE__, "%s", err.msg);
-    return l;
+    return test_open_ledger(path);
 }
 
 static int64_t add_run(ledger *l, const char *status)
@@ -517,11 +500,8 @@ TEST(workbench_ascii_and_no_color_in_tmux)
     WAIT("Run 1  <asc>", 10);
     char cmd[1024];
     snprintf(cmd, sizeof cmd, "tmux -S %s capture-pane -e -p -t wb", sock);
-    FILE *p = popen(cmd, "r");
-    size_t n = p ? fread(scr, 1, sizeof scr - 1, p) : 0;
-    scr[n] = '\0';
-    if (p)
-        pclose(p);
+    test_capture(cmd, scr, sizeof scr);
+    size_t n = strlen(scr);
     int high = 0, colour = 0;
     for (size_t i = 0; i < n; i++) {
         high += (unsigned char)scr[i] >= 0x80;

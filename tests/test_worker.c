@@ -31,8 +31,16 @@
 #include "core/infotext.h"
 #include "core/safetensors.h"
 #include "db/ledger.h"
+#include "cli_helpers.h"
 
 #define MODEL "tests/golden/sd1/model.safetensors"
+
+/* The training that the interrupted-run trials make: the tiny model on the
+ * one image, batch 1, no previews.  Takes the images folder, the steps, the
+ * checkpoint interval and the output folder. */
+#define TRAIN_CMD                                                                        \
+    "bin/coin train --model " MODEL " --images %s --token '<k>' --init hand --steps %d " \
+    "--batch 1 --save-every %d --previews 0 --out %s --foreground"
 
 static char out[65536];
 
@@ -49,13 +57,7 @@ static int sh(const char *home, int stdout_only, const char *fmt, ...)
     va_end(ap);
     snprintf(full, sizeof full, "{ COIN_HOME='%s'; export COIN_HOME; %s; } %s", home, cmd,
              stdout_only ? "2>/dev/null" : "2>&1");
-    FILE *p = popen(full, "r");
-    if (!p)
-        return -1;
-    size_t n = fread(out, 1, sizeof out - 1, p);
-    out[n] = '\0';
-    int status = pclose(p);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return test_capture(full, out, sizeof out);
 }
 
 static double now_s(void)
@@ -75,12 +77,8 @@ static void make_images(const char *dir, char *images, size_t len)
 static ledger *open_ledger(const char *home)
 {
     char path[1200];
-    coin_error err = {0};
-    ledger *l = NULL;
     snprintf(path, sizeof path, "%s/ledger.db", home);
-    if (ledger_open(&l, path, &err))
-        test_failed(__FILE__, __LINE__, "%s", err.msg);
-    return l;
+    return test_open_ledger(path);
 }
 
 /* The run recorded for a training folder (0: none). */
@@ -183,10 +181,18 @@ static int load_rows(const char *dir, float *rows, int cap)
     return n;
 }
 
+/* What the interrupted-run trials share: a ledger home, the images folder,
+ * and the run they must all end up equal to, made without interruption. */
+typedef struct reference {
+    char home[700], images[700];
+    float *loss;                /* [steps] */
+    float rows[4096];           /* the final vectors, n_rows floats */
+    int n_rows;
+} reference;
+
 /* A finished run: done, every step's loss recorded once and equal to the
  * uninterrupted reference run's, and the same final vectors. */
-static void check_finished(ledger *l, const char *dir, int steps, const float *ref_loss,
-                           const float *ref_rows, int n_rows)
+static void check_finished(ledger *l, const char *dir, int steps, const reference *ref)
 {
     int64_t run = run_of(l, dir);
     ledger_run r;
@@ -202,35 +208,39 @@ static void check_finished(ledger *l, const char *dir, int steps, const float *r
     size_t n = 0;
     CHECK_EQ_INT(check_losses(l, run, dir), steps);
     if (ledger_loss_curve(l, run, NULL, &loss, NULL, &n, NULL) == 0 && n == (size_t)steps)
-        CHECK_MSG(!memcmp(loss, ref_loss, n * sizeof *loss),
+        CHECK_MSG(!memcmp(loss, ref->loss, n * sizeof *loss),
                   "%s: the resumed run's losses differ from the uninterrupted run's", dir);
     free(loss);
     check_checkpoints(l, run, dir);
     float rows[4096];
-    CHECK_MSG(load_rows(dir, rows, 4096) == n_rows && n_rows > 0 &&
-              !memcmp(rows, ref_rows, (size_t)n_rows * sizeof(float)),
+    CHECK_MSG(load_rows(dir, rows, 4096) == ref->n_rows && ref->n_rows > 0 &&
+              !memcmp(rows, ref->rows, (size_t)ref->n_rows * sizeof(float)),
               "%s: the final embedding differs from the uninterrupted run's", dir);
     CHECK_EQ_INT(count_temp_files(dir), 0);
 }
 
-/* A reference run of the same configuration, never interrupted. */
-static int reference_run(const char *home, const char *images, const char *dir, int steps,
-                         int save_every, float **loss, float *rows, int *n_rows)
+/* Sets up a trial in dir (home/, images/) and makes its reference: the
+ * same training in ref/, never interrupted.  1 when it worked; the caller
+ * frees ref->loss. */
+static int reference_run(reference *ref, const char *dir, int steps, int save_every)
 {
-    if (sh(home, 0, "bin/coin train --model " MODEL " --images %s --token '<k>' --init hand "
-           "--steps %d --batch 1 --save-every %d --previews 0 --out %s --foreground", images,
-           steps, save_every, dir) != 0) {
+    char ref_dir[800];
+    snprintf(ref->home, sizeof ref->home, "%s/home", dir);
+    snprintf(ref_dir, sizeof ref_dir, "%s/ref", dir);
+    make_images(dir, ref->images, sizeof ref->images);
+    ref->loss = NULL;
+    ref->n_rows = 0;
+    if (sh(ref->home, 0, TRAIN_CMD, ref->images, steps, save_every, ref_dir) != 0) {
         test_failed(__FILE__, __LINE__, "the reference run failed: %s", out);
         return 0;
     }
-    ledger *l = open_ledger(home);
+    ledger *l = open_ledger(ref->home);
     size_t n = 0;
-    *loss = NULL;
     if (l)
-        ledger_loss_curve(l, run_of(l, dir), NULL, loss, NULL, &n, NULL);
+        ledger_loss_curve(l, run_of(l, ref_dir), NULL, &ref->loss, NULL, &n, NULL);
     ledger_close(l);
-    *n_rows = load_rows(dir, rows, 4096);
-    return n == (size_t)steps && *n_rows > 0;
+    ref->n_rows = load_rows(ref_dir, ref->rows, 4096);
+    return n == (size_t)steps && ref->n_rows > 0;
 }
 
 static uint64_t lcg(uint64_t *s)
@@ -265,15 +275,12 @@ static pid_t start_coin(const char *home, const char *log, char *const args[])
 TEST(worker_kill_9_at_random_moments_leaves_a_consistent_ledger_and_resume_finishes)
 {
     const char *dir = test_tmpdir();
-    char home[700], images[700], ref[700], log[700];
-    snprintf(home, sizeof home, "%s/home", dir);
-    snprintf(ref, sizeof ref, "%s/ref", dir);
+    char log[700];
     snprintf(log, sizeof log, "%s/crash.log", dir);
-    make_images(dir, images, sizeof images);
-    float *ref_loss = NULL, ref_rows[4096];
-    int n_rows = 0;
-    REQUIRE(reference_run(home, images, ref, CRASH_STEPS, CRASH_SAVE, &ref_loss, ref_rows,
-                          &n_rows));
+    reference ref;
+    REQUIRE(reference_run(&ref, dir, CRASH_STEPS, CRASH_SAVE));
+    const char *home = ref.home;
+    char *images = ref.images;
     char steps[16], every[16];
     snprintf(steps, sizeof steps, "%d", CRASH_STEPS);
     snprintf(every, sizeof every, "%d", CRASH_SAVE);
@@ -341,7 +348,7 @@ TEST(worker_kill_9_at_random_moments_leaves_a_consistent_ledger_and_resume_finis
             }
         }
         if (ended) {
-            check_finished(l, crash, CRASH_STEPS, ref_loss, ref_rows, n_rows);
+            check_finished(l, crash, CRASH_STEPS, &ref);
             snprintf(crash, sizeof crash, "%s/crash%d", dir, ++chain);
         }
         ledger_close(l);
@@ -355,15 +362,13 @@ TEST(worker_kill_9_at_random_moments_leaves_a_consistent_ledger_and_resume_finis
     if (access(state, F_OK) == 0)
         CHECK_EQ_INT(sh(home, 0, "bin/coin train --resume %s --foreground", crash), 0);
     else
-        CHECK_EQ_INT(sh(home, 0, "bin/coin train --model " MODEL " --images %s --token '<k>' "
-                        "--init hand --steps %d --batch 1 --save-every %d --previews 0 --out %s "
-                        "--foreground", images, CRASH_STEPS, CRASH_SAVE, crash), 0);
+        CHECK_EQ_INT(sh(home, 0, TRAIN_CMD, images, CRASH_STEPS, CRASH_SAVE, crash), 0);
     ledger *l = open_ledger(home);
     if (l)
-        check_finished(l, crash, CRASH_STEPS, ref_loss, ref_rows, n_rows);
+        check_finished(l, crash, CRASH_STEPS, &ref);
     ledger_close(l);
     CHECK(integrity_ok(home));
-    free(ref_loss);
+    free(ref.loss);
 }
 
 /* Waits until run's status is want (at most timeout_s); 1 when it is. */
@@ -515,13 +520,12 @@ TEST(worker_job_keeps_running_when_its_terminal_closes)
 /* One full-disk trial: the run in dir, with writes failing after budget
  * bytes (the test hook), pauses; nothing recorded is lost; coin resume
  * finishes it exactly as the reference run. */
-static void full_disk_trial(const char *home, const char *images, const char *dir, long budget,
-                            const char *expect_file, const float *ref_loss,
-                            const float *ref_rows, int n_rows)
+static void full_disk_trial(const reference *ref, const char *dir, long budget,
+                            const char *expect_file)
 {
-    int rc = sh(home, 0, "COIN_TEST_ENOSPC_AFTER_BYTES=%ld bin/coin train --model " MODEL
-                " --images %s --token '<k>' --init hand --steps %d --batch 1 --save-every %d "
-                "--previews 0 --out %s --foreground", budget, images, FULL_STEPS, FULL_SAVE, dir);
+    const char *home = ref->home;
+    int rc = sh(home, 0, "COIN_TEST_ENOSPC_AFTER_BYTES=%ld " TRAIN_CMD, budget, ref->images,
+                FULL_STEPS, FULL_SAVE, dir);
     CHECK_MSG(rc == 1, "budget %ld: exit %d: %s", budget, rc, out);
     CHECK_STR_CONTAINS(out, "paused: the disk is full");
     if (expect_file)
@@ -554,21 +558,17 @@ static void full_disk_trial(const char *home, const char *images, const char *di
               "%s: resume: %s", when, out);
     l = open_ledger(home);
     if (l)
-        check_finished(l, dir, FULL_STEPS, ref_loss, ref_rows, n_rows);
+        check_finished(l, dir, FULL_STEPS, ref);
     ledger_close(l);
 }
 
 TEST(worker_full_disk_pauses_the_job_and_resume_finishes_it)
 {
     const char *dir = test_tmpdir();
-    char home[700], images[700], ref[700];
-    snprintf(home, sizeof home, "%s/home", dir);
-    snprintf(ref, sizeof ref, "%s/ref", dir);
-    make_images(dir, images, sizeof images);
-    float *ref_loss = NULL, ref_rows[4096];
-    int n_rows = 0;
-    REQUIRE(reference_run(home, images, ref, FULL_STEPS, FULL_SAVE, &ref_loss, ref_rows,
-                          &n_rows));
+    reference ref;
+    REQUIRE(reference_run(&ref, dir, FULL_STEPS, FULL_SAVE));
+    const char *home = ref.home;
+    char *images = ref.images;
     /* Budgets past the first checkpoint (about 6 kB: loss lines, two
      * embeddings, the state) up to most of the run, so the failing write
      * falls on each kind of file in turn. */
@@ -577,7 +577,7 @@ TEST(worker_full_disk_pauses_the_job_and_resume_finishes_it)
         char run_dir[800];
         snprintf(run_dir, sizeof run_dir, "%s/full%d", dir, i);
         long budget = 7000 + (long)(lcg(&seed) % 25000);
-        full_disk_trial(home, images, run_dir, budget, NULL, ref_loss, ref_rows, n_rows);
+        full_disk_trial(&ref, run_dir, budget, NULL);
     }
     /* And on a loss.csv line: the budget runs out just after the first
      * checkpoint.  A probe run of FULL_SAVE steps writes the same bytes up
@@ -585,9 +585,7 @@ TEST(worker_full_disk_pauses_the_job_and_resume_finishes_it)
      * configuration that the two embeddings and the state carry. */
     char probe[800], path[900];
     snprintf(probe, sizeof probe, "%s/probe", dir);
-    CHECK_EQ_INT(sh(home, 0, "bin/coin train --model " MODEL " --images %s --token '<k>' "
-                    "--init hand --steps %d --batch 1 --save-every %d --previews 0 --out %s "
-                    "--foreground", images, FULL_SAVE, FULL_SAVE, probe), 0);
+    CHECK_EQ_INT(sh(home, 0, TRAIN_CMD, images, FULL_SAVE, FULL_SAVE, probe), 0);
     struct stat e, st, csv;
     snprintf(path, sizeof path, "%s/learned_embeds-steps-%d.safetensors", probe, FULL_SAVE);
     int ok = stat(path, &e) == 0;
@@ -606,20 +604,17 @@ TEST(worker_full_disk_pauses_the_job_and_resume_finishes_it)
          * own), then run the trial proper. */
         for (int tries = 0; tries < 10; tries++) {
             snprintf(run_dir, sizeof run_dir, "%s/csvtr-%d", dir, tries);   /* as long as "fullcsv" */
-            sh(home, 0, "COIN_TEST_ENOSPC_AFTER_BYTES=%ld bin/coin train --model " MODEL
-               " --images %s --token '<k>' --init hand --steps %d --batch 1 --save-every %d "
-               "--previews 0 --out %s --foreground", budget, images, FULL_STEPS, FULL_SAVE,
-               run_dir);
+            sh(home, 0, "COIN_TEST_ENOSPC_AFTER_BYTES=%ld " TRAIN_CMD, budget, images, FULL_STEPS,
+               FULL_SAVE, run_dir);
             if (strstr(out, "loss.csv: cannot write"))
                 break;
             budget += strstr(out, "state.safetensors") ? 8 : -8;
         }
         snprintf(run_dir, sizeof run_dir, "%s/fullcsv", dir);
-        full_disk_trial(home, images, run_dir, budget, "loss.csv: cannot write", ref_loss,
-                        ref_rows, n_rows);
+        full_disk_trial(&ref, run_dir, budget, "loss.csv: cannot write");
     }
     CHECK_MSG(ok, "the probe run wrote no checkpoint");
-    free(ref_loss);
+    free(ref.loss);
 }
 
 /* 1 when no worker holds the device's lock. */
@@ -726,18 +721,16 @@ TEST(worker_export_run_takes_its_checkpoints_from_the_ledger)
  * and pauses, the tmpfs is made bigger, and coin resume finishes the run.
  * Returns a sentence on failure, NULL on success; 77 from the child means
  * this machine cannot mount one (not root, no namespaces). */
-static const char *tmpfs_trial(const char *home, const char *images, const char *fs,
-                               const float *ref_loss, const float *ref_rows, int n_rows)
+static const char *tmpfs_trial(const reference *ref, const char *fs)
 {
+    const char *home = ref->home;
     static char why[2000];
     if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
         mkdir(fs, 0755) != 0 || mount("tmpfs", fs, "tmpfs", 0, "size=24k") != 0)
         _exit(77);
     char run_dir[800];
     snprintf(run_dir, sizeof run_dir, "%s/run", fs);
-    int rc = sh(home, 0, "bin/coin train --model " MODEL " --images %s --token '<k>' --init hand "
-                "--steps %d --batch 1 --save-every %d --previews 0 --out %s --foreground", images,
-                FULL_STEPS, FULL_SAVE, run_dir);
+    int rc = sh(home, 0, TRAIN_CMD, ref->images, FULL_STEPS, FULL_SAVE, run_dir);
     if (rc != 1 || !strstr(out, "paused: the disk is full") || !strstr(out, "No space left")) {
         snprintf(why, sizeof why, "on a full tmpfs: exit %d: %.1500s", rc, out);
         return why;
@@ -764,7 +757,7 @@ static const char *tmpfs_trial(const char *home, const char *images, const char 
     }
     l = open_ledger(home);
     if (l)
-        check_finished(l, run_dir, FULL_STEPS, ref_loss, ref_rows, n_rows);
+        check_finished(l, run_dir, FULL_STEPS, ref);
     ledger_close(l);
     return test_has_failed() ? "the resumed run is not the uninterrupted one (see above)" : NULL;
 }
@@ -772,19 +765,14 @@ static const char *tmpfs_trial(const char *home, const char *images, const char 
 TEST(worker_full_tmpfs_pauses_the_job_and_resume_finishes_it)
 {
     const char *dir = test_tmpdir();
-    char home[700], images[700], ref[700], fs[700];
-    snprintf(home, sizeof home, "%s/home", dir);
-    snprintf(ref, sizeof ref, "%s/ref", dir);
+    char fs[700];
     snprintf(fs, sizeof fs, "%s/fs", dir);
-    make_images(dir, images, sizeof images);
-    float *ref_loss = NULL, ref_rows[4096];
-    int n_rows = 0;
-    REQUIRE(reference_run(home, images, ref, FULL_STEPS, FULL_SAVE, &ref_loss, ref_rows,
-                          &n_rows));
+    reference ref;
+    REQUIRE(reference_run(&ref, dir, FULL_STEPS, FULL_SAVE));
     fflush(NULL);
     pid_t pid = fork();
     if (pid == 0) {
-        const char *why = tmpfs_trial(home, images, fs, ref_loss, ref_rows, n_rows);
+        const char *why = tmpfs_trial(&ref, fs);
         if (why)
             printf("    %s\n", why);
         fflush(NULL);
@@ -792,7 +780,7 @@ TEST(worker_full_tmpfs_pauses_the_job_and_resume_finishes_it)
     }
     int status = 0;
     waitpid(pid, &status, 0);
-    free(ref_loss);
+    free(ref.loss);
     if (WIFEXITED(status) && WEXITSTATUS(status) == 77) {
         test_skip("no tmpfs can be mounted here (needs root or user namespaces)");
         return;
