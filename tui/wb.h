@@ -107,7 +107,11 @@ int wb_start_job(struct wb *w, char *const args[], wb_cmd_done done, void *ctx);
 int wb_cmd_fds(struct wb *w, int *fds, int cap);
 /* The line of a command's stderr that says what went wrong, into buf. */
 void wb_last_error(const char *errs, char *buf, size_t len);
+/* Reads what the running commands printed (stderr also into the log) and
+ * calls done for each one whose output has ended. */
 void wb_cmd_service(struct wb *w);
+/* Lets go of every command on quitting: the processes go on, only our ends
+ * of their pipes close. */
 void wb_cmd_free_all(struct wb *w);
 
 /* ---- screens ---- */
@@ -239,38 +243,63 @@ typedef struct wb {
 } wb;
 
 /* wb_main.c */
+/* Seconds on the monotonic clock. */
 double wb_now(void);
+/* The message line: a note for 5 s, or a problem (bad) in red for 8 s. */
 void wb_message(wb *w, int bad, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Goes to screen s, to be reloaded and fully redrawn.  Esc from the
+ * sample, form and evaluate screens goes back to the screen they were
+ * opened from. */
 void wb_open_screen(wb *w, wb_screen s);
 
 /* wb_draw.c */
+/* Sets up the colour pairs CP_*, for a terminal that has colours. */
 void draw_init_colors(wb *w);
 /* Text at (y, x) clipped to width columns (UTF-8 aware; '?' for what an
  * ASCII terminal cannot show); returns the columns used. */
 int draw_text(wb *w, int y, int x, int width, unsigned attr, const char *s);
+/* draw_text of a printf format. */
 int draw_textf(wb *w, int y, int x, int width, unsigned attr, const char *fmt, ...)
     __attribute__((format(printf, 6, 7)));
+/* Colour pair pair's attribute, or fallback without colours (NO_COLOR). */
 unsigned draw_attr(wb *w, int pair, unsigned fallback);
+/* A horizontal rule of width columns at (y, x). */
 void draw_hline(wb *w, int y, int x, int width);
+/* The bottom line: keys is "key", "what it does", ..., NULL; pairs that
+ * do not fit are left out. */
 void draw_keybar(wb *w, const char *const *keys);
+/* The top line, the whole width, with the active job count at its right
+ * when it fits. */
 void draw_title(wb *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The open dialog (w->dlg), centred and sized to its text. */
 void draw_dialog(wb *w);
 /* Blanks the cells and queues path to be drawn there after the refresh. */
 void draw_image(wb *w, int y, int x, int rows, int cols, const char *path);
 /* After doupdate(): writes the queued images (only when they changed or the
  * screen was repainted). */
 void draw_flush_images(wb *w);
+/* Frees the rendered pictures and the memo of the last plot. */
 void draw_free_image_cache(void);
 /* The columns a picture rows cells tall takes for a square image: the
  * terminal's cell size when it said, else cells twice as tall as wide. */
 int wb_cols_for_rows(wb *w, int rows);
+/* The loss plot in the box (y, x, rows, cols), braille dots with the y
+ * range at the left and the step range below: raw[n] and smooth[n] at
+ * steps xs[n] (mode 0 both, 1 raw, 2 smoothed), an overlay run oy[on] at
+ * ox[on] (on 0: none), a log y axis, the last window steps (0: all).  The
+ * mapping is kept while its arguments stay the same, so a redraw is cheap. */
 void draw_plot(wb *w, int y, int x, int rows, int cols, const float *xs, const float *raw,
                const float *smooth, size_t n, const float *ox, const float *oy, size_t on,
                int log_y, int window, int mode);
+/* One cell that shows a run's status (ASCII on an ASCII terminal). */
 const char *status_glyph(wb *w, const char *status);
+/* The attribute a run's status is drawn in. */
 unsigned status_attr(wb *w, const char *status);
+/* "MM-DD HH:MM" in local time, "-" for 0. */
 void fmt_time(int64_t t, char *buf, size_t len);
+/* "M:SS" or "H:MM:SS", "-" for a negative or non-finite s. */
 void fmt_duration(double s, char *buf, size_t len);
+/* The part of path after its last '/'. */
 const char *base_name(const char *path);
 
 /* Screens: each has a reload (read the ledger), a draw and a key handler
@@ -281,6 +310,8 @@ int runs_key(wb *w, int is_key, wint_t ch);
 void runs_click(wb *w, int y, int x);
 void runs_free(wb *w);
 
+/* Opens the run screen on run id, keeping the view settings when it is the
+ * run already shown. */
 void run_open(wb *w, int64_t id);
 void run_reload(wb *w);
 void run_draw(wb *w);
@@ -291,10 +322,15 @@ void run_free(wb *w);
  * when that exists, else the path itself. */
 void checkpoint_embedding(const lq_checkpoint *c, char *out, size_t len);
 
+/* The new-run form with coin train's defaults, or (clone_from not 0) filled
+ * from that run's recorded configuration. */
 void form_new_run(wb *w, int64_t clone_from);
 void form_screen_draw(wb *w);
 int form_screen_key(wb *w, int is_key, wint_t ch);
 
+/* Opens the sample screen; an embedding (with its trigger word, which makes
+ * the prompt "a photo of TRIGGER" when none is there or it came from
+ * another run) and a model, each NULL to keep what the form holds. */
 void sample_open(wb *w, int64_t run, const char *embedding, const char *trigger,
                  const char *model);
 void sample_reload(wb *w);
@@ -314,6 +350,8 @@ int sample_results_hit(wb *w, size_t n, int sel, int grid_rows, int y, int x, in
 /* A random seed in [0, 2^32). */
 uint64_t wb_random_seed(void);
 
+/* Browse and Evaluate: opened on run's samples (0: all; for Evaluate, the
+ * newest training run). */
 void browse_open(wb *w, int64_t run);
 void browse_reload(wb *w);
 void browse_draw(wb *w);
