@@ -142,7 +142,9 @@ static void close_other_fds(void)
         close(fd);
 }
 
-int job_ensure_worker(const char *device, coin_error *err)
+/* Makes sure a worker for device is running, starting one detached from
+ * the terminal when none holds the device's lock. */
+static int job_ensure_worker(const char *device, coin_error *err)
 {
     char lock[4096], log[4096], name[4200];
     int rc = workspace_dir(lock, sizeof lock, err);
@@ -227,7 +229,12 @@ static int terminal_status(const char *s)
            !strcmp(s, "stopped") || !strcmp(s, "interrupted");
 }
 
-int job_follow(int64_t run)
+/* Follows run from the ledger until it ends or Ctrl-C is pressed: its
+ * status, a progress line with loss and ETA for training, the path of each
+ * image as it is recorded for sampling.  Returns 0 when the run is done (or
+ * the user stopped following), 1 when it failed, was interrupted, or paused
+ * with an error. */
+static int job_follow(int64_t run)
 {
     coin_error err = {0};
     ledger *l;

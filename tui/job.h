@@ -52,21 +52,10 @@ const char *job_device(const char *backend_name);
 int job_queue(ledger *l, int64_t run, int argc, char **argv, const char *device,
               coin_error *err);
 
-/* Makes sure a worker for device is running, starting one detached from
- * the terminal when none holds the device's lock. */
-int job_ensure_worker(const char *device, coin_error *err);
-
 /* After run was queued on device: starts a worker if needed, then as f
  * says prints the run id alone (--no-follow), a sentence (--detach), or
  * follows the run.  Returns the process exit status. */
 int job_hand_over(int64_t run, const char *device, const job_flags *f);
-
-/* Follows run from the ledger until it ends or Ctrl-C is pressed: its
- * status, a progress line with loss and ETA for training, the path of each
- * image as it is recorded for sampling.  Returns 0 when the run is done (or
- * the user stopped following), 1 when it failed, was interrupted, or paused
- * with an error. */
-int job_follow(int64_t run);
 
 /* 1 when msg says that a write failed because the disk is full. */
 int job_disk_full(const char *msg);

@@ -30,13 +30,16 @@ void plot_canvas_free(plot_canvas *c)
     memset(c, 0, sizeof *c);
 }
 
-void plot_canvas_clear(plot_canvas *c)
+/* Blanks every dot. */
+static void plot_canvas_clear(plot_canvas *c)
 {
     memset(c->dots, 0, (size_t)c->cols * c->rows);
     memset(c->owner, 0, (size_t)c->cols * c->rows);
 }
 
-void plot_set_dot(plot_canvas *c, int px, int py, int owner)
+/* Sets dot (px, py), px in [0, 2 cols) from the left and py in [0, 4 rows)
+ * from the top; dots outside are ignored.  owner: 1 + series index. */
+static void plot_set_dot(plot_canvas *c, int px, int py, int owner)
 {
     if (px < 0 || py < 0 || px >= 2 * c->cols || py >= 4 * c->rows)
         return;

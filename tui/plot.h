@@ -44,13 +44,8 @@ typedef struct plot_canvas {
 /* Allocates a blank cols x rows canvas (both at least 1).  0 or -1 when out
  * of memory. */
 int plot_canvas_init(plot_canvas *c, int cols, int rows);
+/* Frees c's dots and leaves it empty (freeing it again does nothing). */
 void plot_canvas_free(plot_canvas *c);
-/* Blanks every dot. */
-void plot_canvas_clear(plot_canvas *c);
-
-/* Sets dot (px, py), px in [0, 2 cols) from the left and py in [0, 4 rows)
- * from the top; dots outside are ignored.  owner: 1 + series index. */
-void plot_set_dot(plot_canvas *c, int px, int py, int owner);
 
 /* Draws the series onto c (which is cleared first) with one shared x and y
  * range: x from the smallest to the largest x of all series (or the last
