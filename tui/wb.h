@@ -165,9 +165,7 @@ typedef struct wb_sample_state {
     lq_sample_row *res;
     size_t n_res;
     int sel;
-    int64_t regen_id;           /* sample being regenerated, 0: none */
     char regen_result[160];
-    int64_t regen_done_id;
     int jobs;                   /* counter for unique output names */
 } wb_sample_state;
 
@@ -211,13 +209,13 @@ typedef struct wb_dialog {
 typedef struct wb {
     ledger *l;
     term_caps caps;
-    int utf8, colors, mouse;
+    int utf8, colors;
     int rows, cols;
     wb_screen screen, back;     /* back: where Esc goes from the sample/form screens */
     int dirty;                  /* redraw before sleeping */
     int reload;                 /* re-read the ledger */
     int64_t data_version;
-    double last_check, last_reload;
+    double last_reload;
     int active_jobs;            /* runs queued or running */
     char msg[512];
     int msg_bad;

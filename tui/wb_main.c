@@ -121,8 +121,7 @@ static int start_curses(wb *w)
     } else {
         w->colors = 0;
     }
-    w->mouse = mousemask(BUTTON1_CLICKED | BUTTON1_PRESSED | BUTTON4_PRESSED | BUTTON5_PRESSED,
-                         NULL) != 0;
+    mousemask(BUTTON1_CLICKED | BUTTON1_PRESSED | BUTTON4_PRESSED | BUTTON5_PRESSED, NULL);
     mouseinterval(0);
     getmaxyx(stdscr, w->rows, w->cols);
     return 0;
@@ -438,7 +437,6 @@ static void check_ledger(wb *w)
         w->msg[0] = '\0';
         w->dirty = 1;
     }
-    w->last_check = now;
 }
 
 static void loop(wb *w)
