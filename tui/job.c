@@ -100,6 +100,19 @@ int job_log_path(char *buf, size_t len, const char *name, coin_error *err)
     return 0;
 }
 
+int job_lock_path(char *buf, size_t len, const char *device, coin_error *err)
+{
+    char dir[4096];
+    int rc = workspace_dir(dir, sizeof dir, err);
+    if (rc)
+        return rc;
+    int w = snprintf(buf, len, "%s/worker-%s.lock", dir, device);
+    if (w < 0 || (size_t)w >= len)
+        return coin_fail(err, COIN_EINVAL, "the worker lock path %s/worker-%s.lock is too long",
+                         dir, device);
+    return 0;
+}
+
 const char *job_device(const char *backend_name)
 {
     return backend_name && !strcmp(backend_name, "cuda") ? "cuda" : "cpu";
@@ -147,14 +160,9 @@ static void close_other_fds(void)
 static int job_ensure_worker(const char *device, coin_error *err)
 {
     char lock[4096], log[4096], name[4200];
-    int rc = workspace_dir(lock, sizeof lock, err);
+    int rc = job_lock_path(lock, sizeof lock, device, err);
     if (rc)
         return rc;
-    if (strlen(lock) + strlen(device) + 20 >= sizeof lock)
-        return coin_fail(err, COIN_EINVAL, "the workspace path is too long");
-    strcat(lock, "/worker-");
-    strcat(lock, device);
-    strcat(lock, ".lock");
     snprintf(name, sizeof name, "worker-%s", device);
     if ((rc = job_log_path(log, sizeof log, name, err)))
         return rc;

@@ -44,6 +44,10 @@ char **job_copy_argv(int argc, char **argv);
 /* "$COIN_HOME/logs/NAME.log" (the logs folder created when missing). */
 int job_log_path(char *buf, size_t len, const char *name, coin_error *err);
 
+/* "$COIN_HOME/worker-DEVICE.lock": the file a device's worker holds an
+ * flock on for as long as it runs. */
+int job_lock_path(char *buf, size_t len, const char *device, coin_error *err);
+
 /* The device name a backend's jobs queue on: one worker per device. */
 const char *job_device(const char *backend_name);
 

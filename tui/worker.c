@@ -178,11 +178,8 @@ int cmd_worker(int argc, char **argv)
         return cli_usage_error("worker", "--device takes cpu or cuda, not '%s'", device);
     coin_error err = {0};
     char lock_path[4096];
-    if (ledger_default_path(lock_path, sizeof lock_path, &err))
+    if (job_lock_path(lock_path, sizeof lock_path, device, &err))
         return cli_report(&err);
-    char *slash = strrchr(lock_path, '/');
-    snprintf(slash + 1, sizeof lock_path - (size_t)(slash + 1 - lock_path), "worker-%s.lock",
-             device);
     int fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0) {
         coin_fail(&err, COIN_EIO, "cannot open the worker lock %s: %s", lock_path,
