@@ -620,8 +620,12 @@ int ledger_get_run(ledger *l, int64_t id, ledger_run *out, coin_error *err)
     return rc;
 }
 
-int ledger_set_run_status(ledger *l, int64_t run, const char *status,
-                          const char *error_text, coin_error *err)
+/* The status update shared by ledger_set_run_status and ledger_finish_run:
+ * sql takes ?1 status, ?2 error, ?3 now, ?4 run and ?5 this process's id;
+ * *changed gets the rows it changed. */
+static int write_status(ledger *l, const char *sql, int64_t run, const char *status,
+                        const char *error_text, int *changed, const char *what,
+                        coin_error *err)
 {
     if (!status || !valid_status(status))
         return coin_fail(err, COIN_EINVAL,
@@ -629,16 +633,7 @@ int ledger_set_run_status(ledger *l, int64_t run, const char *status,
                          "stopped, done, failed, interrupted)",
                          l->path, status ? status : "(none)");
     sqlite3_stmt *st;
-    /* ?1 status, ?2 error, ?3 now, ?4 run.  A run that runs again after an
-     * interruption loses its old end time. */
-    int rc = prepare(l,
-                     "UPDATE runs SET status = ?1, error = ?2, "
-                     "started_at = CASE WHEN ?1 = 'running' THEN COALESCE(started_at, ?3) "
-                     "ELSE started_at END, "
-                     "pid = CASE WHEN ?1 = 'running' THEN ?5 ELSE pid END, "
-                     "ended_at = CASE WHEN ?1 IN ('stopped','done','failed','interrupted') "
-                     "THEN ?3 ELSE NULL END WHERE id = ?4",
-                     &st, "setting a run's status", err);
+    int rc = prepare(l, sql, &st, what, err);
     if (rc)
         return rc;
     bind_text(st, 1, status);
@@ -646,8 +641,22 @@ int ledger_set_run_status(ledger *l, int64_t run, const char *status,
     sqlite3_bind_int64(st, 3, now_s());
     sqlite3_bind_int64(st, 4, run);
     sqlite3_bind_int64(st, 5, (int64_t)getpid());
+    return run_write(l, st, NULL, changed, what, err);
+}
+
+int ledger_set_run_status(ledger *l, int64_t run, const char *status,
+                          const char *error_text, coin_error *err)
+{
+    /* A run that runs again after an interruption loses its old end time. */
     int changed = 0;
-    rc = run_write(l, st, NULL, &changed, "setting a run's status", err);
+    int rc = write_status(l,
+                          "UPDATE runs SET status = ?1, error = ?2, "
+                          "started_at = CASE WHEN ?1 = 'running' THEN COALESCE(started_at, ?3) "
+                          "ELSE started_at END, "
+                          "pid = CASE WHEN ?1 = 'running' THEN ?5 ELSE pid END, "
+                          "ended_at = CASE WHEN ?1 IN ('stopped','done','failed','interrupted') "
+                          "THEN ?3 ELSE NULL END WHERE id = ?4",
+                          run, status, error_text, &changed, "setting a run's status", err);
     return !rc && !changed ? no_such(l, err, "run", run) : rc;
 }
 
@@ -1386,24 +1395,12 @@ int ledger_finish_run(ledger *l, int64_t run, const char *status, const char *er
 {
     if (changed)
         *changed = 0;
-    if (!status || !valid_status(status))
-        return coin_fail(err, COIN_EINVAL, "ledger %s: unknown run status '%s'", l->path,
-                         status ? status : "(none)");
-    sqlite3_stmt *st;
-    int rc = prepare(l,
-                     "UPDATE runs SET status = ?1, error = ?2, "
-                     "ended_at = CASE WHEN ?1 IN ('stopped','done','failed','interrupted') "
-                     "THEN ?3 ELSE NULL END WHERE id = ?4 AND pid = ?5 "
-                     "AND status IN ('running','paused','stopped')",
-                     &st, "recording the end of a run", err);
-    if (rc)
-        return rc;
-    bind_text(st, 1, status);
-    bind_text(st, 2, error_text);
-    sqlite3_bind_int64(st, 3, now_s());
-    sqlite3_bind_int64(st, 4, run);
-    sqlite3_bind_int64(st, 5, (int64_t)getpid());
-    return run_write(l, st, NULL, changed, "recording the end of a run", err);
+    return write_status(l,
+                        "UPDATE runs SET status = ?1, error = ?2, "
+                        "ended_at = CASE WHEN ?1 IN ('stopped','done','failed','interrupted') "
+                        "THEN ?3 ELSE NULL END WHERE id = ?4 AND pid = ?5 "
+                        "AND status IN ('running','paused','stopped')",
+                        run, status, error_text, changed, "recording the end of a run", err);
 }
 
 int ledger_get_status(ledger *l, int64_t run, char status[16], coin_error *err)
