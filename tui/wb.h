@@ -195,8 +195,10 @@ typedef struct wb_placement {
     char path[1024];
 } wb_placement;
 
+enum { DLG_NONE, DLG_MESSAGE, DLG_CONFIRM, DLG_INPUT };
+
 typedef struct wb_dialog {
-    int kind;                   /* 0 none, 1 message, 2 confirm, 3 input */
+    int kind;                   /* DLG_*; DLG_NONE: no dialog open */
     char title[128];
     char text[4096];
     char input[256];

@@ -163,7 +163,7 @@ void draw_dialog(wb *w)
             break;
         p = e + 1;
     }
-    if (d->kind == 3)
+    if (d->kind == DLG_INPUT)
         lines += 2;
     int wd = longest + 4, ht = lines + 4;
     if (wd > w->cols - 2)
@@ -211,10 +211,10 @@ void draw_dialog(wb *w)
             break;
         p = e + 1;
     }
-    if (d->kind == 3) {
+    if (d->kind == DLG_INPUT) {
         draw_textf(w, y0 + ht - 3, x0 + 2, wd - 4, A_REVERSE, "%-*s", wd - 4, d->input);
         draw_text(w, y0 + ht - 1, x0 + 2, wd - 4, A_NORMAL, " Enter: OK  Esc: cancel ");
-    } else if (d->kind == 2) {
+    } else if (d->kind == DLG_CONFIRM) {
         draw_text(w, y0 + ht - 1, x0 + 2, wd - 4, A_BOLD, " y: yes   n/Esc: no ");
     } else {
         draw_text(w, y0 + ht - 1, x0 + 2, wd - 4, A_NORMAL, " any key closes; Up/Down scroll ");

@@ -199,7 +199,7 @@ static const char HELP[] =
 
 static void show_help(wb *w)
 {
-    w->dlg.kind = 1;
+    w->dlg.kind = DLG_MESSAGE;
     w->dlg.top = 0;
     snprintf(w->dlg.title, sizeof w->dlg.title, "Keys");
     snprintf(w->dlg.text, sizeof w->dlg.text, "%s", HELP);
@@ -249,7 +249,7 @@ static void draw_all(wb *w)
             w->n_img = 0;
             draw_dialog(w);
         }
-        w->dlg_shown = w->dlg.kind != 0;
+        w->dlg_shown = w->dlg.kind != DLG_NONE;
     }
     if (w->full_redraw)
         clearok(curscr, TRUE);
@@ -265,29 +265,29 @@ static void draw_all(wb *w)
 static void dialog_key(wb *w, int is_key, wint_t ch)
 {
     wb_dialog *d = &w->dlg;
-    if (d->kind == 1) {
+    if (d->kind == DLG_MESSAGE) {
         if (is_key && (ch == KEY_DOWN || ch == KEY_NPAGE))
             d->top += ch == KEY_DOWN ? 1 : 10;
         else if (is_key && (ch == KEY_UP || ch == KEY_PPAGE))
             d->top = d->top > (ch == KEY_UP ? 1 : 10) ? d->top - (ch == KEY_UP ? 1 : 10) : 0;
         else
-            d->kind = 0;
-    } else if (d->kind == 2) {
+            d->kind = DLG_NONE;
+    } else if (d->kind == DLG_CONFIRM) {
         if (!is_key && (ch == 'y' || ch == 'Y')) {
-            d->kind = 0;
+            d->kind = DLG_NONE;
             if (d->on_yes)
                 d->on_yes(w, d->ctx);
         } else if (is_key || ch == 'n' || ch == 'N' || ch == 27 || ch == 'q') {
-            d->kind = 0;
+            d->kind = DLG_NONE;
         }
-    } else if (d->kind == 3) {
+    } else if (d->kind == DLG_INPUT) {
         size_t n = strlen(d->input);
         if (!is_key && (ch == '\r' || ch == '\n')) {
-            d->kind = 0;
+            d->kind = DLG_NONE;
             if (d->on_input)
                 d->on_input(w, d->input);
         } else if (!is_key && ch == 27) {
-            d->kind = 0;
+            d->kind = DLG_NONE;
         } else if ((is_key && ch == KEY_BACKSPACE) || (!is_key && (ch == 127 || ch == 8))) {
             while (n > 0 && (d->input[n - 1] & 0xC0) == 0x80)
                 n--;
@@ -326,8 +326,8 @@ static void handle_mouse(wb *w)
     if (getmouse(&ev) != OK)
         return;
     if (w->dlg.kind) {
-        if (w->dlg.kind == 1)
-            w->dlg.kind = 0;
+        if (w->dlg.kind == DLG_MESSAGE)
+            w->dlg.kind = DLG_NONE;
         w->full_redraw = 1;
         return;
     }

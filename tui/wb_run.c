@@ -383,7 +383,7 @@ int run_key(wb *w, int is_key, wint_t ch)
     case 'm': s->mode = (s->mode + 1) % 3; return 1;
     case 'w': s->window = s->window == 0 ? 100 : s->window == 100 ? 1000 : 0; return 1;
     case 'v':
-        w->dlg.kind = 3;
+        w->dlg.kind = DLG_INPUT;
         snprintf(w->dlg.title, sizeof w->dlg.title, "Overlay a run");
         snprintf(w->dlg.text, sizeof w->dlg.text, "Draw the loss of which run over this one?\n"
                  "(its id from the Runs screen; 0 or empty removes the overlay)");
@@ -397,7 +397,7 @@ int run_key(wb *w, int is_key, wint_t ch)
             wb_message(w, 1, "run %lld is %s, not running", (long long)s->id, s->row.status);
             return 1;
         }
-        w->dlg.kind = 2;
+        w->dlg.kind = DLG_CONFIRM;
         snprintf(w->dlg.title, sizeof w->dlg.title, "Stop run %lld?", (long long)s->id);
         snprintf(w->dlg.text, sizeof w->dlg.text,
                  "It writes a checkpoint after its current step and ends.\n"

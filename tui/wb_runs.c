@@ -257,7 +257,7 @@ static void do_delete(wb *w, void *ctx)
 static void ask_delete(wb *w, const ledger_run_row *r)
 {
     wb_dialog *d = &w->dlg;
-    d->kind = 2;
+    d->kind = DLG_CONFIRM;
     snprintf(d->title, sizeof d->title, "Delete run %lld?", (long long)r->id);
     snprintf(d->text, sizeof d->text,
              "Run %lld (%s %s, %s) and its losses, checkpoints, samples and\n"
@@ -317,7 +317,7 @@ int runs_key(wb *w, int is_key, wint_t ch)
     case 'o': s->sort = (s->sort + 1) % N_SORTS; rebuild_order(w); return 1;
     case 'O': s->reverse = !s->reverse; rebuild_order(w); return 1;
     case '/':
-        w->dlg.kind = 3;
+        w->dlg.kind = DLG_INPUT;
         snprintf(w->dlg.title, sizeof w->dlg.title, "Search runs");
         snprintf(w->dlg.text, sizeof w->dlg.text, "Trigger word, model, status, kind or run id:");
         snprintf(w->dlg.input, sizeof w->dlg.input, "%s", s->search);

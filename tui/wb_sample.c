@@ -361,7 +361,7 @@ int sample_action(wb *w, const lq_sample_row *s, wint_t ch)
             wb_message(w, 1, "%s", err.msg);
             return 1;
         }
-        w->dlg.kind = 1;
+        w->dlg.kind = DLG_MESSAGE;
         w->dlg.top = 0;
         snprintf(w->dlg.title, sizeof w->dlg.title, "Sample %lld", (long long)s->id);
         snprintf(w->dlg.text, sizeof w->dlg.text,
@@ -380,7 +380,7 @@ int sample_action(wb *w, const lq_sample_row *s, wint_t ch)
         return 1;
     }
     case 'p':
-        w->dlg.kind = 1;
+        w->dlg.kind = DLG_MESSAGE;
         w->dlg.top = 0;
         snprintf(w->dlg.title, sizeof w->dlg.title, "Path of sample %lld", (long long)s->id);
         snprintf(w->dlg.text, sizeof w->dlg.text, "%s\n\n(also sent to the clipboard, where the "
