@@ -28,9 +28,9 @@ static const char EXPORT_HELP[] =
     "  kohya      {\"emb_params\": [N, D]}: sd-scripts, stable-diffusion.cpp\n"
     "             (--embd-dir), AUTOMATIC1111; the trigger is the file name\n";
 
-/* The checkpoint file of training run id_text at step (-1: its last),
- * checked against the recorded sha256; *trigger gets the run's trigger and
- * out_dir its folder (both malloc'd). */
+/* The checkpoint file of training run id_text at step (-1: its last) into
+ * path, checked against the recorded sha256; *at gets its step, *trigger
+ * the run's trigger and *out_dir its folder (both malloc'd). */
 static int run_checkpoint(const char *id_text, long step, char path[4096], char **trigger,
                           char **out_dir, int *at, coin_error *err)
 {

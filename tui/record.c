@@ -8,12 +8,13 @@
 #include <unistd.h>
 
 #include "core/infotext.h"
+#include "tui/job.h"
 #include "tui/progress.h"
 
 static void warn(recorder *r, const coin_error *err)
 {
     /* SQLite's SQLITE_FULL says "database or disk is full". */
-    if (strstr(err->msg, "disk is full") || strstr(err->msg, "No space left"))
+    if (job_disk_full(err->msg))
         r->disk_full = 1;
     fprintf(stderr, "warning: the run ledger: %s%s\n", err->msg,
             r->l ? "" : " (the job goes on unrecorded)");
@@ -191,7 +192,6 @@ void record_sample(recorder *r, ledger_sample *s)
     int64_t id;
     file_sha(s->image_path, sha);
     s->run = r->run;
-
     s->image_sha256 = sha;
     if (ledger_insert_sample(r->l, s, &id, &err))
         warn(r, &err);
