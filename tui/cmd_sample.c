@@ -200,6 +200,8 @@ typedef struct sample_args {
     sd_prediction prediction;
 } sample_args;
 
+/* coin sample's options into a: 0, 1 after printing --help, 2 after a
+ * usage error. */
 static int parse_sample_args(int argc, char **argv, sample_args *a)
 {
     static const struct option opts[] = {
@@ -371,30 +373,13 @@ static int queue_sample(const sample_args *a, int argc, char **argv, const job_f
     return job_hand_over(id, device, jf);
 }
 
-int cmd_sample(int argc, char **argv)
+/* `coin sample --foreground` (and the worker's --job N): makes the images
+ * here, recording them in the ledger; a pause or stop asked through the
+ * ledger takes effect between images.  Returns the exit status. */
+static int sample_here(const sample_args *a, const job_flags *jf)
 {
-    job_flags jf;
-    int rc = job_take_flags(&argc, argv, &jf, "sample");
-    if (rc)
-        return rc;
-    char **job_argv = job_copy_argv(argc, argv);
-    if (!job_argv)
-        return 1;
-    sample_args a;
-    optind = 0;
-    rc = parse_sample_args(argc, argv, &a);
-    if (rc) {
-        free(job_argv);
-        return rc == 1 ? 0 : rc;
-    }
-    if (!jf.foreground) {
-        rc = queue_sample(&a, argc, job_argv, &jf);
-        free(job_argv);
-        return rc;
-    }
-    free(job_argv);
+    int rc;
     made_list made = {0};
-
     coin_error err = {0};
     const coin_backend *be;
     sd_pipeline *p = NULL;
@@ -402,38 +387,38 @@ int cmd_sample(int argc, char **argv)
     hashes h;
     recorder rec = {0};
     int status = 1;
-    if (backend_by_name(&be, a.backend, &err) ||
-        pipeline_open(&p, a.model, a.version, a.prediction, be, &err))
+    if (backend_by_name(&be, a->backend, &err) ||
+        pipeline_open(&p, a->model, a->version, a->prediction, be, &err))
         goto done;
-    for (int i = 0; i < a.n_emb; i++)
-        if (pipeline_add_embedding(p, a.embeddings[i], &err))
+    for (int i = 0; i < a->n_emb; i++)
+        if (pipeline_add_embedding(p, a->embeddings[i], &err))
             goto done;
     sample_params sp;
     sample_defaults(p, &sp);
-    sp.prompt = a.prompt;
-    sp.negative = a.negative;
-    if (a.steps > 0)
-        sp.steps = (int)a.steps;
-    if (!isnan(a.cfg))
-        sp.cfg = a.cfg;
-    if (a.sampler >= 0)
-        sp.sampler = (sampler_kind)a.sampler;
-    sp.karras = a.karras;
-    if (a.width > 0)
-        sp.width = (int)a.width;
-    if (a.height > 0)
-        sp.height = (int)a.height;
-    sp.rng = (rng_kind)a.rng;
-    sp.seed = (uint64_t)a.seed;
+    sp.prompt = a->prompt;
+    sp.negative = a->negative;
+    if (a->steps > 0)
+        sp.steps = (int)a->steps;
+    if (!isnan(a->cfg))
+        sp.cfg = a->cfg;
+    if (a->sampler >= 0)
+        sp.sampler = (sampler_kind)a->sampler;
+    sp.karras = a->karras;
+    if (a->width > 0)
+        sp.width = (int)a->width;
+    if (a->height > 0)
+        sp.height = (int)a->height;
+    sp.rng = (rng_kind)a->rng;
+    sp.seed = (uint64_t)a->seed;
     if (sample_validate(p, &sp, &err))
         goto done;
     tokenizer_result tr;
-    if (pipeline_tokenize(p, a.prompt, &tr, &err))
+    if (pipeline_tokenize(p, a->prompt, &tr, &err))
         goto done;
     if (tr.n_dropped > 0)
         fprintf(stderr, "warning: the prompt is longer than 75 tokens; %d token%s dropped: "
                 "\"%s\"\n", tr.n_dropped, tr.n_dropped == 1 ? " was" : "s were",
-                tr.dropped_at >= 0 ? a.prompt + tr.dropped_at : "");
+                tr.dropped_at >= 0 ? a->prompt + tr.dropped_at : "");
     if (cli_hash_file(checkpoint_main_file(p->ck), "the model", h.model, &err))
         goto done;
     for (int i = 0; i < p->n_embeddings; i++)
@@ -448,9 +433,9 @@ int cmd_sample(int argc, char **argv)
         goto done;
     ledger_run lr = {.kind = "sample", .config_json = recipe0, .backend = be->name,
                      .precision = "fp32", .coin_version = COIN_VERSION,
-                     .steps_planned = (int)a.batch};
-    if (jf.job_run) {
-        record_attach(&rec, jf.job_run, &lr, p->ck->path, h.model, p->ck->version, 0, 1);
+                     .steps_planned = (int)a->batch};
+    if (jf->job_run) {
+        record_attach(&rec, jf->job_run, &lr, p->ck->path, h.model, p->ck->version, 0, 1);
         if (rec.l)
             ledger_list_samples(rec.l, rec.run, 0, collect_made, &made, NULL);
     } else {
@@ -465,19 +450,19 @@ int cmd_sample(int argc, char **argv)
     free(params0);
     free(recipe0);
     const char *requested = NULL;
-    for (long long i = 0; i < a.batch; i++) {
+    for (long long i = 0; i < a->batch; i++) {
         char path[4096], what[96], *params = NULL, *json = NULL;
         progress bar;
         /* coin pause / coin stop take effect between images. */
         if ((requested = record_requested(&rec))) {
             fprintf(stderr, "%s after %lld of %lld images (coin resume %lld makes the rest)\n",
-                    requested, i, a.batch, (long long)rec.run);
+                    requested, i, a->batch, (long long)rec.run);
             break;
         }
-        sp.seed = (uint64_t)a.seed + (uint64_t)i;
-        snprintf(what, sizeof what, "image %lld/%lld (seed %" PRIu64 ")", i + 1, a.batch,
+        sp.seed = (uint64_t)a->seed + (uint64_t)i;
+        snprintf(what, sizeof what, "image %lld/%lld (seed %" PRIu64 ")", i + 1, a->batch,
                  sp.seed);
-        output_path(path, sizeof path, a.out, (int)a.batch, (int)i);
+        output_path(path, sizeof path, a->out, (int)a->batch, (int)i);
         if (already_made(&made, path)) {
             fprintf(stderr, "%s: made before this job was resumed\n", what);
             continue;
@@ -520,8 +505,8 @@ done:
     } else {
         if (status)
             cli_report(&err);
-        if (status && !rec.l && jf.job_run)
-            record_job_failed(jf.job_run, err.msg);
+        if (status && !rec.l && jf->job_run)
+            record_job_failed(jf->job_run, err.msg);
         record_finish(&rec, status ? "failed" : requested ? requested : "done",
                       status ? err.msg : NULL);
     }
@@ -531,6 +516,26 @@ done:
     free(pixels);
     pipeline_free(p);
     return status;
+}
+
+int cmd_sample(int argc, char **argv)
+{
+    job_flags jf;
+    int rc = job_take_flags(&argc, argv, &jf, "sample");
+    if (rc)
+        return rc;
+    char **job_argv = job_copy_argv(argc, argv);
+    if (!job_argv)
+        return 1;
+    sample_args a;
+    optind = 0;
+    rc = parse_sample_args(argc, argv, &a);
+    if (rc == 1)                /* --help */
+        rc = 0;
+    else if (!rc)
+        rc = jf.foreground ? sample_here(&a, &jf) : queue_sample(&a, argc, job_argv, &jf);
+    free(job_argv);
+    return rc;
 }
 
 static const char SHOW_HELP[] =
