@@ -70,6 +70,10 @@ int form_draw(struct wb *w, wb_form *f, int y, int x, int h, int wd, int focused
  * move between fields), 0 when the caller should handle it. */
 int form_key(wb_form *f, int is_key, wint_t ch);
 /* The field for key; a blank one that nothing shows when there is none. */
+/* The model a workbench without runs offers: $COIN_MODEL (returns 1), else
+ * the toy model shipped in assets/toy/ beside the binary (returns 2), else
+ * 0.  out gets its path. */
+int wb_default_model(char *out, size_t len);
 wb_field *form_get(wb_form *f, const char *key);
 /* Sets key's field to value (NULL: empty), the cursor at its end. */
 void form_set(wb_form *f, const char *key, const char *value);

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <ncurses.h>
 
@@ -325,14 +326,72 @@ static void set_num(wb_form *f, const char *key, const cJSON *v, int is_float)
     }
 }
 
+/* A file of the toy world shipped in assets/toy/, found beside the binary
+ * (bin/coin in a clone: ../assets/toy/NAME); 0 when it is not there. */
+static int toy_asset(const char *name, char *out, size_t len)
+{
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0)
+        return 0;
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (!slash)
+        return 0;
+    *slash = '\0';
+    struct stat sb;
+    snprintf(out, len, "%s/../assets/toy/%s", exe, name);
+    char *real = realpath(out, NULL);
+    if (!real)
+        return 0;
+    snprintf(out, len, "%s", real);
+    free(real);
+    return stat(out, &sb) == 0;
+}
+
+int wb_default_model(char *out, size_t len)
+{
+    const char *env = getenv("COIN_MODEL");
+    if (env && *env) {
+        snprintf(out, len, "%s", env);
+        return 1;
+    }
+    return toy_asset("toy-sd1.safetensors", out, len) ? 2 : 0;
+}
+
+/* A newcomer's first run: the toy model, its five glyph images and the
+ * settings tests/test_toyworld.c trains with (the users' batch, learning
+ * rate and seed; steps and resolution scaled to 64x64 pictures). */
+static void toy_run_defaults(wb_form *f, const char *model)
+{
+    char images[1024];   /* a form value holds that much */
+    form_set(f, "model", model);
+    if (toy_asset("glyph-images", images, sizeof images))
+        form_set(f, "images", images);
+    form_set(f, "token", "<thumbs-up>");
+    form_set(f, "init", "shape");
+    form_set(f, "steps", "300");
+    form_set(f, "resolution", "64");
+    form_set(f, "save-every", "50");
+    form_set(f, "preview-prompt", "a blue {} on a yellow background");
+}
+
 void form_new_run(wb *w, int64_t clone_from)
 {
     wb_form *f = &w->form;
     form_init(f, w->form_fields, sizeof w->form_fields / sizeof *w->form_fields, TRAIN_FIELDS,
               N_TRAIN_FIELDS);
+    char model[1024];
     /* the model of the newest run is the likeliest one */
-    if (w->runs.n && w->runs.rows[0].model_path[0])
+    if (w->runs.n && w->runs.rows[0].model_path[0]) {
         form_set(f, "model", w->runs.rows[0].model_path);
+    } else {
+        int which = wb_default_model(model, sizeof model);
+        if (which == 2)
+            toy_run_defaults(f, model);
+        else if (which == 1)
+            form_set(f, "model", model);
+    }
     if (clone_from) {
         ledger_run r;
         coin_error err = {0};

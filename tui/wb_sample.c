@@ -64,8 +64,11 @@ void sample_open(wb *w, int64_t run, const char *embedding, const char *trigger,
     if (!s->form.f) {
         form_init(&s->form, s->fields, sizeof s->fields / sizeof *s->fields, SAMPLE_FIELDS,
                   N_SAMPLE_FIELDS);
+        char fallback[1024];
         if (w->runs.n && w->runs.rows[0].model_path[0])
             form_set(&s->form, "model", w->runs.rows[0].model_path);
+        else if (wb_default_model(fallback, sizeof fallback) > 0)
+            form_set(&s->form, "model", fallback);
     }
     if (model && *model)
         form_set(&s->form, "model", model);
