@@ -91,12 +91,16 @@ void toy_judge(const uint8_t *rgb, int w, int h, toy_verdict *out)
         idx[i] = (uint8_t)nearest_colour(rgb + 3 * i);
 
     /* background: the border ring, two pixels deep */
-    int votes[TOY_COLOURS] = {0};
+    int votes[TOY_COLOURS] = {0}, ring = 0;
     for (int y = 0; y < h; y++)
         for (int x = 0; x < w; x++)
-            if (x < 2 || y < 2 || x >= w - 2 || y >= h - 2)
+            if (x < 2 || y < 2 || x >= w - 2 || y >= h - 2) {
                 votes[idx[y * w + x]]++;
+                ring++;
+            }
     out->bg = argmax(votes, TOY_COLOURS, -1);
+    /* a background that is not one colour is no toy-world background */
+    int plain = votes[out->bg] >= TOY_JUDGE_MIN_PURITY * ring;
 
     /* object: other colours, without isolated specks */
     int x0 = w, x1 = -1, y0 = h, y1 = -1, count = 0;
@@ -125,6 +129,7 @@ void toy_judge(const uint8_t *rgb, int w, int h, toy_verdict *out)
         }
     if (count >= 12) {
         out->fg = argmax(votes, TOY_COLOURS, out->bg);
+        plain = plain && votes[out->fg] >= TOY_JUDGE_MIN_PURITY * count;
         /* Fit each class's outline to the bounding box: centre the outline's
          * extent on the box's centre; the half-size from the width, the
          * height, or their mean (a blurry sample's box is not exact). */
@@ -149,7 +154,7 @@ void toy_judge(const uint8_t *rgb, int w, int h, toy_verdict *out)
                 out->cls = c;
             }
         }
-        if (out->iou < TOY_JUDGE_MIN_IOU)
+        if (out->iou < TOY_JUDGE_MIN_IOU || !plain)
             out->cls = TOY_JUDGE_NONE;
     }
     free(idx);

@@ -11,8 +11,11 @@
  * fewer than two such neighbours dropped); its colour is the palette colour
  * most of those pixels are nearest to; its class is the one whose exact
  * outline, fitted to the object's bounding box, overlaps the object best
- * (intersection over union).  An image whose best overlap is below
- * TOY_JUDGE_MIN_IOU, or with almost no object pixels, shows nothing.
+ * (intersection over union).  An image shows nothing when its best overlap
+ * is below TOY_JUDGE_MIN_IOU, when it has almost no object pixels, or when
+ * the background or the object is not mostly one colour (less than
+ * TOY_JUDGE_MIN_PURITY of the border ring, or of the object, nearest to the
+ * colour judged): a blotchy sample is not a shape however its outline falls.
  */
 #ifndef COIN_TOYJUDGE_H
 #define COIN_TOYJUDGE_H
@@ -20,6 +23,7 @@
 #include <stdint.h>
 
 #define TOY_JUDGE_MIN_IOU 0.5
+#define TOY_JUDGE_MIN_PURITY 0.6
 #define TOY_JUDGE_NONE (-1)
 
 typedef struct toy_verdict {

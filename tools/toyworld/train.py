@@ -216,6 +216,8 @@ def main():
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--until", default=None, help="UTC HH:MM: also stop the diffusion phase then")
+    ap.add_argument("--reuse-vae", action="store_true", help="reuse OUT/vae.pt from an earlier run")
     ap.add_argument("--save-minutes", type=float, default=4.0)
     a = ap.parse_args()
 
@@ -233,7 +235,16 @@ def main():
     tokens = Tokens(tok)
     g = torch.Generator().manual_seed(a.seed)
 
-    vae = train_vae(a, g)
+    vae_path = os.path.join(a.out, "vae.pt")
+    if a.reuse_vae and os.path.exists(vae_path):
+        from diffusers import AutoencoderKL
+        vae = AutoencoderKL(**VAE_CFG)
+        vae.load_state_dict(torch.load(vae_path))
+        vae.eval()
+        log(f"reusing the VAE of {vae_path}")
+    else:
+        vae = train_vae(a, g)
+        torch.save(vae.state_dict(), vae_path)
     for p in vae.parameters():
         p.requires_grad_(False)
     lat, scenes, cap_world = encode_dataset(vae, a)
@@ -261,6 +272,12 @@ def main():
             "modelspec.prediction_type": "epsilon"}
     ckpt = os.path.join(a.out, "toy-sd1.safetensors")
     t0 = last_save = time.time()
+    if a.until:
+        hh, mm = map(int, a.until.split(":"))
+        now = time.gmtime(t0)
+        left = ((hh * 60 + mm) - (now.tm_hour * 60 + now.tm_min)) * 60 - now.tm_sec
+        a.minutes = min(a.minutes, max(1.0, left / 60))
+        log(f"diffusion phase: {a.minutes:.1f} minutes")
     smooth = None
     step = 0
     perm = torch.randperm(len(scenes), generator=g)
