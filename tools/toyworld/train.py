@@ -199,6 +199,22 @@ def preview(te, unet, vae, tokens, path, seed, steps=20, guidance=5.0):
     Image.fromarray(np.concatenate(list(img), axis=1)).save(path)
 
 
+def load_ldm(path, te, unet, work):
+    """Loads the text encoder and UNet of an LDM single file written by this script
+    (to continue a run from its shipped weights: the optimizer starts afresh)."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file
+    cfg = os.path.join(work, "config")
+    os.makedirs(os.path.join(cfg, "unet"), exist_ok=True)
+    UNet2DConditionModel(**UNET_CFG).save_config(os.path.join(cfg, "unet"))
+    u = UNet2DConditionModel.from_single_file(path, config=cfg, subfolder="unet", local_files_only=True)
+    unet.load_state_dict({k: v.float() for k, v in u.state_dict().items()})
+    sd = load_file(path)
+    P = "cond_stage_model.transformer."
+    te.load_state_dict({k[len(P):]: v.float() for k, v in sd.items()
+                        if k.startswith(P) and not k.endswith("position_ids")}, strict=False)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=os.path.join(REPO, "build", "toy"))
@@ -218,6 +234,9 @@ def main():
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--until", default=None, help="UTC HH:MM: also stop the diffusion phase then")
     ap.add_argument("--reuse-vae", action="store_true", help="reuse OUT/vae.pt from an earlier run")
+    ap.add_argument("--init-from", default=None, help="start the diffusion phase from this checkpoint's weights")
+    ap.add_argument("--embed-scale", type=float, default=1.0, help="scale the world's token rows at the start")
+    ap.add_argument("--te-lr", type=float, default=None, help="text encoder learning rate (default: --lr)")
     ap.add_argument("--save-minutes", type=float, default=4.0)
     a = ap.parse_args()
 
@@ -236,7 +255,17 @@ def main():
     g = torch.Generator().manual_seed(a.seed)
 
     vae_path = os.path.join(a.out, "vae.pt")
-    if a.reuse_vae and os.path.exists(vae_path):
+    if a.init_from and not os.path.exists(vae_path):
+        # continuing a shipped model without its build folder: its own VAE
+        from diffusers import AutoencoderKL
+        cfg = os.path.join(a.out, "config")
+        os.makedirs(os.path.join(cfg, "vae"), exist_ok=True)
+        AutoencoderKL(**VAE_CFG).save_config(os.path.join(cfg, "vae"))
+        vae = AutoencoderKL.from_single_file(a.init_from, config=cfg, subfolder="vae",
+                                             local_files_only=True).float().eval()
+        torch.save(vae.state_dict(), vae_path)
+        log(f"the VAE of {a.init_from}")
+    elif a.reuse_vae and os.path.exists(vae_path):
         from diffusers import AutoencoderKL
         vae = AutoencoderKL(**VAE_CFG)
         vae.load_state_dict(torch.load(vae_path))
@@ -252,6 +281,19 @@ def main():
     torch.manual_seed(a.seed + 10)
     te = CLIPTextModel(CLIPTextConfig(**TE_CFG, attn_implementation="eager"))
     unet = UNet2DConditionModel(**UNET_CFG)
+    if a.init_from:
+        load_ldm(a.init_from, te, unet, a.out)
+        log(f"continuing from the weights of {a.init_from}")
+    if a.embed_scale != 1.0:
+        # The world's words start far louder than the position embeddings and the
+        # unused rows, so that the text encoder's output says which words a caption
+        # has from the first step (from CLIP's init, std 0.02, it barely does).
+        words = set(" ".join(world.COLOUR_NAMES + world.SHAPES + [world.GENERIC, "background", "a", "on"]
+                             + world.load_templates()).replace("{}", " ").split())
+        ids = sorted({i for w in words for i in tok(w).input_ids[1:-1]})
+        with torch.no_grad():
+            te.text_model.embeddings.token_embedding.weight[ids] *= a.embed_scale
+        log(f"scaled {len(ids)} world-vocabulary token rows by {a.embed_scale}")
     n_te = sum(p.numel() for p in te.parameters())
     n_unet = sum(p.numel() for p in unet.parameters())
     n_vae = sum(p.numel() for p in vae.parameters())
@@ -260,7 +302,9 @@ def main():
     for p in list(te_ema.parameters()) + list(unet_ema.parameters()):
         p.requires_grad_(False)
     params = list(te.parameters()) + list(unet.parameters())
-    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
+    te_lr = a.te_lr or a.lr
+    opt = torch.optim.AdamW([{"params": list(te.parameters()), "base": te_lr},
+                             {"params": list(unet.parameters()), "base": a.lr}], lr=a.lr, weight_decay=0.0)
     ab = torch.cumprod(1 - betas(), 0).float()
     meta = {"format": "pt",
             "generator": "tools/toyworld/train.py " + " ".join(sys.argv[1:]),
@@ -299,9 +343,9 @@ def main():
         loss = torch.mean((pred - eps) ** 2)
         # warm-up, then a cosine decay to 10% over the time budget (the run is time-bounded)
         frac = min(1.0, (time.time() - t0) / (a.minutes * 60))
-        lr = a.lr * min(1.0, (step + 1) / a.warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * frac)))
+        lr = min(1.0, (step + 1) / a.warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * frac)))
         for grp in opt.param_groups:
-            grp["lr"] = lr
+            grp["lr"] = grp["base"] * lr
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
