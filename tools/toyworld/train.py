@@ -17,9 +17,14 @@ Phases (all deterministic from --seed, CPU, torch with --threads threads):
 Every --save-minutes the EMA weights are written as an LDM single-file checkpoint
 (fp16 safetensors, the layout of SD 1.5 .safetensors files) to OUT/toy-sd1.safetensors,
 with a preview grid OUT/preview-STEP.png, so that an interrupted run leaves a usable model.
-Training stops after --steps steps or --minutes minutes, whichever comes first.
+Training stops after --steps steps, --minutes minutes or at --until (UTC), whichever comes
+first; the learning rate follows a cosine over that time budget. --init-from continues from a
+checkpoint this script wrote (fresh optimizer; the VAE from OUT/vae.pt with --reuse-vae, else
+from the file); --te-lr gives the text encoder its own learning rate; --embed-scale multiplies
+the token rows of the world's words at the start (a from-scratch text encoder whose output
+hardly depends on the caption otherwise learns the conditioning very slowly).
 
-Exact command (repo root; see assets/toy/MODEL_CARD.md for the run that made the shipped model):
+Exact commands of the shipped model: assets/toy/MODEL_CARD.md. The simplest run (repo root):
     /work/main/tools/reference/.venv/bin/python tools/toyworld/train.py --out build/toy
 """
 import argparse
