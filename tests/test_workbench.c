@@ -122,9 +122,15 @@ TEST(workbench_end_to_end_in_tmux)
      * batch, checkpoint interval, previews and their steps */
     keys("n");
     WAIT("New training run", 5);
+    /* with no runs yet, the form offers the toy model coin ships, its glyph
+     * images and trigger (what a newcomer starts with one key) */
+    screen(scr, sizeof scr);
+    CHECK_STR_CONTAINS(scr, "/assets/toy/toy-sd1.safetensors");
+    CHECK_STR_CONTAINS(scr, "/assets/toy/glyph-images");
+    CHECK_STR_CONTAINS(scr, "<thumbs-up>");
     char k[2048];
-    snprintf(k, sizeof k, "C-u '%s/tests/golden/sd1/model.safetensors' Down '%s' Down '<tmx>' "
-             "Down hand Down Down C-u 3000", repo, images);
+    snprintf(k, sizeof k, "C-u '%s/tests/golden/sd1/model.safetensors' Down C-u '%s' Down C-u '<tmx>' "
+             "Down C-u hand Down Down C-u 3000", repo, images);
     keys(k);
     keys("Down Down Down Down Down C-u 1");                         /* batch */
     keys("Down Down Down Down Down Down Down C-u 20");              /* checkpoint every */
