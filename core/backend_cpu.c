@@ -2,11 +2,14 @@
  * backend_cpu.c - the CPU backend: the reference every other backend is
  * checked against.
  *
- * Plain C over host memory, OpenMP across rows, GEMMs through OpenBLAS.
+ * Plain C over host memory, OpenMP across rows, GEMMs through OpenBLAS,
+ * except linear layers with few rows, which use coin's packed-weight kernel
+ * (gemm.c) where the CPU has AVX-512.
  * Sums that decide accuracy (LayerNorm statistics, softmax denominators) are
  * accumulated in double so that the result does not depend on thread count.
  */
 #include "tensor.h"
+#include "gemm.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -37,9 +40,55 @@ static int cpu_download(float *dst, const void *src, size_t n)
     return 0;
 }
 
+static void cpu_free_derived(void *derived) { gemm_packed_free(derived); }
+
+/*
+ * Linear layers with at most this many rows use the packed kernel: the text
+ * encoder (77 rows, or 154 for a prompt and a negative one), the UNet's
+ * cross-attention keys and values, its time embedding and its 8x8 level.
+ * Measured with tools/bench/bench_gemm.sh (one thread, min of 20): at 77
+ * rows it takes 0.3-0.5 of OpenBLAS's time (OpenBLAS re-packs the weight
+ * every call), at 154 rows 0.73-0.97, at 128x1280x1280 0.91; from 512 rows
+ * up it is 1.06-1.19 and would also need a second copy of every UNet weight.
+ */
+#define PACKED_MAX_ROWS 160
+
+/* w's packed copy, made on first use and kept in w->derived (see tensor.h),
+ * or NULL (no AVX-512, out of memory: the caller falls back to OpenBLAS). */
+static const gemm_packed *packed_weight(const tensor *w)
+{
+    /* The cache is not part of w's value; w itself is never const storage. */
+    void **slot = &((tensor *)w)->derived;
+    void *p = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+    if (p)
+        return p;
+    gemm_packed *fresh = gemm_pack(CF(w), w->shape[0], w->shape[1]);
+    if (!fresh)
+        return NULL;
+    /* Two threads may pack the same weight at once: the first to store wins. */
+    void *expected = NULL;
+    if (!__atomic_compare_exchange_n(slot, &expected, fresh, 0, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE)) {
+        gemm_packed_free(fresh);
+        return expected;
+    }
+    return fresh;
+}
+
+static int packed_available = -1; /* -1: not asked yet */
+
 static int cpu_linear(tensor *y, const tensor *x, const tensor *w, const tensor *b)
 {
     int64_t K = x->shape[x->ndim - 1], N = w->shape[0], M = x->n / K;
+    if (packed_available < 0)
+        __atomic_store_n(&packed_available, gemm_packed_available(), __ATOMIC_RELAXED);
+    if (packed_available && M <= PACKED_MAX_ROWS && K > 0 && N > 0) {
+        const gemm_packed *p = packed_weight(w);
+        if (p) {
+            gemm_packed_linear(F(y), CF(x), p, b ? CF(b) : NULL, M);
+            return 0;
+        }
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K,
                 1.0f, CF(x), (int)K, CF(w), (int)K, 0.0f, F(y), (int)N);
     if (b) {
@@ -800,6 +849,7 @@ static const coin_backend cpu_backend = {
     .free = cpu_free,
     .upload = cpu_upload,
     .download = cpu_download,
+    .free_derived = cpu_free_derived,
 #define COIN_OP_INIT(name, args) .name = cpu_##name,
     COIN_BACKEND_OPS(COIN_OP_INIT)
 #undef COIN_OP_INIT
