@@ -16,6 +16,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_AVX512_PATHS 1
+#endif
+
 #define F(t) ((float *)(t)->mem)
 #define CF(t) ((const float *)(t)->mem)
 
@@ -38,6 +43,19 @@ static int cpu_download(float *dst, const void *src, size_t n)
 {
     memcpy(dst, src, n * sizeof(float));
     return 0;
+}
+
+/* 1 where the AVX-512 paths (these and gemm.c's) may run; asked once. */
+static int avx512_available = -1;
+
+static int have_avx512(void)
+{
+    int a = __atomic_load_n(&avx512_available, __ATOMIC_RELAXED);
+    if (a < 0) {
+        a = gemm_packed_available();
+        __atomic_store_n(&avx512_available, a, __ATOMIC_RELAXED);
+    }
+    return a;
 }
 
 static void cpu_free_derived(void *derived) { gemm_packed_free(derived); }
@@ -75,14 +93,10 @@ static const gemm_packed *packed_weight(const tensor *w)
     return fresh;
 }
 
-static int packed_available = -1; /* -1: not asked yet */
-
 static int cpu_linear(tensor *y, const tensor *x, const tensor *w, const tensor *b)
 {
     int64_t K = x->shape[x->ndim - 1], N = w->shape[0], M = x->n / K;
-    if (packed_available < 0)
-        __atomic_store_n(&packed_available, gemm_packed_available(), __ATOMIC_RELAXED);
-    if (packed_available && M <= PACKED_MAX_ROWS && K > 0 && N > 0) {
+    if (have_avx512() && M <= PACKED_MAX_ROWS && K > 0 && N > 0) {
         const gemm_packed *p = packed_weight(w);
         if (p) {
             gemm_packed_linear(F(y), CF(x), p, b ? CF(b) : NULL, M);
@@ -147,14 +161,125 @@ static int cpu_gelu(tensor *y, const tensor *x)
     return 0;
 }
 
+#ifdef HAVE_AVX512_PATHS
+/*
+ * e^x in 16 lanes, within a few ulp of expf: x = n ln2 + r with |r| <= ln2/2
+ * (ln2 in two parts, as in Cephes, so r is exact enough), e^r by its Taylor
+ * polynomial to degree 6 (truncation ~1e-7 relative), then 2^n by scalef,
+ * which gives inf and 0 past the float range as expf does.  x is clamped so
+ * that +-inf give inf and 0 rather than inf - inf.
+ */
+__attribute__((target("avx512f"))) static inline __m512 exp16(__m512 x)
+{
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(89.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+static __mmask16 tail_mask(int64_t left) /* lanes of a 16-float block still in range */
+{
+    return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+}
+
+__attribute__((target("avx512f"))) static void quick_gelu_avx512(float *out, const float *in,
+                                                                 int64_t n)
+{
+    int64_t blocks = (n + 15) / 16;
+#pragma omp parallel for if (n > 65536)
+    for (int64_t i = 0; i < blocks; i++) {
+        __mmask16 m = tail_mask(n - i * 16);
+        __m512 x = _mm512_maskz_loadu_ps(m, in + i * 16);
+        __m512 e = exp16(_mm512_mul_ps(x, _mm512_set1_ps(-1.702f)));
+        _mm512_mask_storeu_ps(out + i * 16, m,
+                              _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e)));
+    }
+}
+
+/* score[j] = e^(score[j] - max) for j < n; returns their sum (lane sums,
+ * then the lanes: a fixed order). */
+__attribute__((target("avx512f"))) static float softmax_exp_avx512(float *score, int64_t n,
+                                                                   float max)
+{
+    __m512 sum = _mm512_setzero_ps(), vmax = _mm512_set1_ps(max);
+    for (int64_t j = 0; j < n; j += 16) {
+        __mmask16 m = tail_mask(n - j);
+        __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, score + j), vmax));
+        _mm512_mask_storeu_ps(score + j, m, e);
+        sum = _mm512_mask_add_ps(sum, m, sum, e);
+    }
+    return _mm512_reduce_add_ps(sum);
+}
+
+/* One query row of attention_rows: oi[hdv] = softmax(qi . k_j * scale) v_j
+ * over keys j < n_keys, k_j at kb + j * C and v_j at vb + j * Cv; score
+ * holds n_keys floats. */
+__attribute__((target("avx512f"))) static void attend_row_avx512(
+    float *oi, const float *qi, const float *kb, int64_t C, const float *vb, int64_t Cv,
+    int64_t n_keys, int64_t hd, int64_t hdv, float scale, float *score)
+{
+    float max = -INFINITY;
+    for (int64_t j = 0; j < n_keys; j++) {
+        const float *kj = kb + j * C;
+        __m512 dot = _mm512_setzero_ps();
+        for (int64_t d = 0; d < hd; d += 16) {
+            __mmask16 m = tail_mask(hd - d);
+            dot = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, qi + d),
+                                  _mm512_maskz_loadu_ps(m, kj + d), dot);
+        }
+        score[j] = _mm512_reduce_add_ps(dot) * scale;
+        max = score[j] > max ? score[j] : max;
+    }
+    __m512 inv = _mm512_set1_ps(1.0f / softmax_exp_avx512(score, n_keys, max));
+    for (int64_t d = 0; d < hdv; d += 16) {
+        __mmask16 m = tail_mask(hdv - d);
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t j = 0; j < n_keys; j++)
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(score[j]),
+                                  _mm512_maskz_loadu_ps(m, vb + j * Cv + d), acc);
+        _mm512_mask_storeu_ps(oi + d, m, _mm512_mul_ps(acc, inv));
+    }
+}
+#endif
+
 static int cpu_quick_gelu(tensor *y, const tensor *x)
 {
     float *out = F(y);
     const float *in = CF(x);
+#ifdef HAVE_AVX512_PATHS
+    if (have_avx512()) {
+        quick_gelu_avx512(out, in, y->n);
+        return 0;
+    }
+#endif
 #pragma omp parallel for if (y->n > 65536)
     for (int64_t i = 0; i < y->n; i++)
         out[i] = in[i] / (1.0f + expf(-1.702f * in[i]));
     return 0;
+}
+
+/* score[j] = e^(score[j] - max) for j < n; returns their sum. */
+static float softmax_exp(float *score, int64_t n, float max)
+{
+#ifdef HAVE_AVX512_PATHS
+    if (have_avx512())
+        return softmax_exp_avx512(score, n, max);
+#endif
+    float denom = 0;
+    for (int64_t j = 0; j < n; j++) {
+        score[j] = expf(score[j] - max);
+        denom += score[j];
+    }
+    return denom;
 }
 
 /*
@@ -185,6 +310,15 @@ static int attention_rows(tensor *o, const tensor *q, const tensor *k,
                 int64_t b = bh / heads, h = bh % heads;
                 const float *restrict qi = CF(q) + (b * T + i) * C + h * hd;
                 int64_t n_keys = causal ? i + 1 : S;
+#ifdef HAVE_AVX512_PATHS
+                if (have_avx512()) {
+                    attend_row_avx512(F(o) + (b * T + i) * Cv + h * hdv, qi,
+                                      CF(k) + b * S * C + h * hd, C,
+                                      CF(v) + b * S * Cv + h * hdv, Cv, n_keys, hd, hdv,
+                                      scale, score);
+                    continue;
+                }
+#endif
                 float max = -INFINITY;
                 for (int64_t j = 0; j < n_keys; j++) {
                     const float *restrict kj = CF(k) + (b * S + j) * C + h * hd;
@@ -197,11 +331,7 @@ static int attention_rows(tensor *o, const tensor *q, const tensor *k,
                     if (score[j] > max)
                         max = score[j];
                 }
-                float denom = 0;
-                for (int64_t j = 0; j < n_keys; j++) {
-                    score[j] = expf(score[j] - max);
-                    denom += score[j];
-                }
+                float denom = softmax_exp(score, n_keys, max);
                 for (int64_t d = 0; d < hdv; d++)
                     acc[d] = 0;
                 for (int64_t j = 0; j < n_keys; j++) {

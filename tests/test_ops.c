@@ -3,6 +3,8 @@
  * its definition (written out here, independent of backend_cpu.c), and the
  * wrappers' shape checks.
  */
+#include <float.h>
+#include <math.h>
 #include <stdlib.h>
 
 #include "core/tensor.h"
@@ -128,6 +130,37 @@ TEST(ops_activations_known_values)
     tensor_free(&tx), tensor_free(&ty);
 }
 
+/* quick_gelu over its whole range (long enough for every vector path and a
+ * ragged tail, in place as the text encoder calls it) against x sigmoid(1.702 x)
+ * in double: within a few float roundings of the value, and the limits right. */
+TEST(ops_quick_gelu_matches_definition_over_its_range)
+{
+    enum { N = 70001 };
+    float *x = malloc(sizeof(float) * N), *y = malloc(sizeof(float) * N);
+    REQUIRE(x && y);
+    for (int i = 0; i < N; i++)
+        x[i] = -60.0f + 120.0f * (float)i / (N - 1);
+    x[0] = -1e30f, x[1] = 1e30f, x[2] = INFINITY, x[3] = -0.0f, x[4] = 1e-30f;
+    tensor t = make(1, (int64_t[]){N}, x);
+    coin_error err = {0};
+    REQUIRE_OK(op_quick_gelu(&t, &t, &err), &err);
+    download(&t, y);
+    int bad = 0;
+    for (int i = 0; i < N && bad < 5; i++) {
+        double ref = x[i] == INFINITY ? INFINITY : x[i] / (1.0 + exp(-1.702 * (double)x[i]));
+        /* 1.702 x is rounded to float before e^: a relative error of up to
+         * |1.702 x| u in the result, on top of a few roundings.  1e-30: below
+         * it both sides are lost to float underflow anyway. */
+        double tol = (8 + 1.702 * fabs((double)x[i])) * FLT_EPSILON * fabs(ref) + 1e-30;
+        if (!(y[i] == ref || fabs(y[i] - ref) <= tol)) {
+            bad++;
+            CHECK_MSG(0, "quick_gelu(%.9g) = %.9g, expected %.9g", x[i], y[i], ref);
+        }
+    }
+    tensor_free(&t);
+    free(x), free(y);
+}
+
 /* Multi-head attention written out with the full score matrix. */
 static void attention_ref(float *o, const float *q, const float *k, const float *v,
                           int B, int T, int S, int C, int H, int causal)
@@ -156,6 +189,33 @@ static void attention_ref(float *o, const float *q, const float *k, const float 
                 }
                 free(s);
             }
+}
+
+/* Head widths and key counts that are not multiples of 16 (the vector
+ * paths' masked tails), past one vector, with and without the causal mask. */
+TEST(ops_attention_matches_definition_at_ragged_widths)
+{
+    enum { B = 2, T = 33, S = 37, C = 40, H = 2 };
+    float *q = malloc(sizeof(float) * B * T * C), *k = malloc(sizeof(float) * B * S * C);
+    float *v = malloc(sizeof(float) * B * S * C), *o = malloc(sizeof(float) * B * T * C);
+    float *ref = malloc(sizeof(float) * B * T * C);
+    REQUIRE(q && k && v && o && ref);
+    fill(q, B * T * C, 17);
+    fill(k, B * S * C, 18);
+    fill(v, B * S * C, 19);
+    coin_error err = {0};
+    for (int causal = 0; causal < 2; causal++) {
+        int keys = causal ? T : S;
+        tensor tq = make(3, (int64_t[]){B, T, C}, q), tk = make(3, (int64_t[]){B, keys, C}, k);
+        tensor tv = make(3, (int64_t[]){B, keys, C}, v), to = make(3, (int64_t[]){B, T, C}, o);
+        REQUIRE_OK(op_attention(&to, &tq, &tk, &tv, H, causal, &err), &err);
+        download(&to, o);
+        attention_ref(ref, q, k, v, B, T, keys, C, H, causal);
+        CHECK_MSG(max_abs_diff(o, ref, B * T * C) < 1e-5f, "causal %d: %g", causal,
+                  max_abs_diff(o, ref, B * T * C));
+        tensor_free(&tq), tensor_free(&tk), tensor_free(&tv), tensor_free(&to);
+    }
+    free(q), free(k), free(v), free(o), free(ref);
 }
 
 TEST(ops_attention_matches_definition)
