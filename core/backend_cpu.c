@@ -19,6 +19,12 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define HAVE_AVX512_PATHS 1
+
+/* The lanes of a 16-float block that are still in range. */
+static __mmask16 tail_mask(int64_t left)
+{
+    return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+}
 #endif
 
 #define F(t) ((float *)(t)->mem)
@@ -116,6 +122,48 @@ static int cpu_linear(tensor *y, const tensor *x, const tensor *w, const tensor 
     return 0;
 }
 
+#ifdef HAVE_AVX512_PATHS
+/* The 8 doubles of a 16-float vector's low (half 0) or high (half 1) half. */
+__attribute__((target("avx512f"))) static inline __m512d widen_half(__m512 v, int half)
+{
+    __m256 h = half ? _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))
+                    : _mm512_castps512_ps256(v);
+    return _mm512_cvtps_pd(h);
+}
+
+/* One row of cpu_layernorm, the same sums in double, 8 lanes at a time. */
+__attribute__((target("avx512f"))) static void layernorm_row_avx512(
+    float *out, const float *row, const float *gamma, const float *beta, int64_t D, float eps)
+{
+    __m512d sum = _mm512_setzero_pd(), sq = _mm512_setzero_pd();
+    for (int64_t j = 0; j < D; j += 16) {
+        __m512 v = _mm512_maskz_loadu_ps(tail_mask(D - j), row + j);
+        sum = _mm512_add_pd(sum, _mm512_add_pd(widen_half(v, 0), widen_half(v, 1)));
+    }
+    double mean = _mm512_reduce_add_pd(sum) / (double)D;
+    __m512d vmean = _mm512_set1_pd(mean);
+    for (int64_t j = 0; j < D; j += 16) {
+        __mmask16 m = tail_mask(D - j);
+        __m512 v = _mm512_maskz_loadu_ps(m, row + j);
+        /* masked-off lanes are 0 - mean: leave them out of the sum */
+        __m512d d0 = _mm512_maskz_sub_pd((__mmask8)m, widen_half(v, 0), vmean);
+        __m512d d1 = _mm512_maskz_sub_pd((__mmask8)(m >> 8), widen_half(v, 1), vmean);
+        sq = _mm512_fmadd_pd(d0, d0, _mm512_fmadd_pd(d1, d1, sq));
+    }
+    __m512 inv = _mm512_set1_ps((float)(1.0 / sqrt(_mm512_reduce_add_pd(sq) / (double)D + eps)));
+    for (int64_t j = 0; j < D; j += 16) {
+        __mmask16 m = tail_mask(D - j);
+        __m512 v = _mm512_maskz_loadu_ps(m, row + j);
+        __m256 lo = _mm512_cvtpd_ps(_mm512_sub_pd(widen_half(v, 0), vmean));
+        __m256 hi = _mm512_cvtpd_ps(_mm512_sub_pd(widen_half(v, 1), vmean));
+        __m512 d = _mm512_castpd_ps(_mm512_insertf64x4(
+            _mm512_castps_pd(_mm512_castps256_ps512(lo)), _mm256_castps_pd(hi), 1));
+        __m512 r = _mm512_mul_ps(_mm512_mul_ps(d, inv), _mm512_maskz_loadu_ps(m, gamma + j));
+        _mm512_mask_storeu_ps(out + j, m, _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, beta + j)));
+    }
+}
+#endif
+
 static int cpu_layernorm(tensor *y, const tensor *x, const tensor *g,
                          const tensor *b, float eps)
 {
@@ -125,6 +173,12 @@ static int cpu_layernorm(tensor *y, const tensor *x, const tensor *g,
     for (int64_t i = 0; i < M; i++) {
         const float *row = CF(x) + i * D;
         float *out = F(y) + i * D;
+#ifdef HAVE_AVX512_PATHS
+        if (have_avx512()) {
+            layernorm_row_avx512(out, row, gamma, beta, D, eps);
+            continue;
+        }
+#endif
         double sum = 0, sq = 0;
         for (int64_t j = 0; j < D; j++)
             sum += row[j];
@@ -184,11 +238,6 @@ __attribute__((target("avx512f"))) static inline __m512 exp16(__m512 x)
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(p, n);
-}
-
-static __mmask16 tail_mask(int64_t left) /* lanes of a 16-float block still in range */
-{
-    return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
 }
 
 __attribute__((target("avx512f"))) static void quick_gelu_avx512(float *out, const float *in,

@@ -82,10 +82,14 @@ TEST(ops_linear_matches_definition)
     tensor_free(&tx), tensor_free(&tw), tensor_free(&tb), tensor_free(&ty), tensor_free(&bad);
 }
 
-TEST(ops_layernorm_matches_definition)
+/* LayerNorm of M rows of width D against the definition in double, out of
+ * place and in place. */
+static void check_layernorm(int M, int D)
 {
-    enum { M = 3, D = 16 };
-    float x[M * D], g[D], b[D], y[M * D], ref[M * D];
+    float *x = malloc(sizeof(float) * M * D), *g = malloc(sizeof(float) * D);
+    float *b = malloc(sizeof(float) * D), *y = malloc(sizeof(float) * M * D);
+    float *ref = malloc(sizeof(float) * M * D);
+    REQUIRE(x && g && b && y && ref);
     fill(x, M * D, 4);
     fill(g, D, 5);
     fill(b, D, 6);
@@ -103,12 +107,23 @@ TEST(ops_layernorm_matches_definition)
     coin_error err = {0};
     REQUIRE_OK(op_layernorm(&ty, &tx, &tg, &tb, 1e-5f, &err), &err);
     download(&ty, y);
-    CHECK(max_abs_diff(y, ref, M * D) < 1e-5f);
+    CHECK_MSG(max_abs_diff(y, ref, M * D) < 1e-5f, "D=%d: %g", D, max_abs_diff(y, ref, M * D));
     /* In place gives the same. */
     REQUIRE_OK(op_layernorm(&tx, &tx, &tg, &tb, 1e-5f, &err), &err);
     download(&tx, y);
-    CHECK(max_abs_diff(y, ref, M * D) < 1e-5f);
+    CHECK_MSG(max_abs_diff(y, ref, M * D) < 1e-5f, "D=%d in place", D);
     tensor_free(&tx), tensor_free(&tg), tensor_free(&tb), tensor_free(&ty);
+    free(x), free(g), free(b), free(y), free(ref);
+}
+
+TEST(ops_layernorm_matches_definition) { check_layernorm(3, 16); }
+
+/* Widths that leave a ragged last vector (and the text encoders' 768, 1024). */
+TEST(ops_layernorm_matches_definition_at_ragged_widths)
+{
+    static const int widths[] = {1, 5, 17, 37, 768, 1024};
+    for (size_t i = 0; i < sizeof widths / sizeof widths[0]; i++)
+        check_layernorm(7, widths[i]);
 }
 
 TEST(ops_activations_known_values)
