@@ -6,21 +6,21 @@
  * data[p][k][j] = w[32p + j][k], zero past N.  One k step of the kernel then
  * loads two AVX-512 vectors of weights and broadcasts one x value per row.
  *
- * Blocking: K is cut into blocks of GEMM_KC (the x block of a row block and
- * the weight block of a panel stay in L2 while every panel is swept), rows
- * into blocks of at most ~GEMM_XBLOCK_FLOATS / GEMM_KC (so x stays cached for
- * large M), and a row block into balanced tiles of at most GEMM_MR rows (77
- * rows become 7 tiles of 11, not 6 of 12 and one of 5).  Between K blocks the
- * running sums wait in y itself in fp32, exactly as they would in a register,
- * so blocking does not change a single bit; neither does the thread count,
- * since threads share out (row block, panel) pairs inside one K block and an
- * output's K blocks run in order, separated by the barrier of each block.
+ * Blocking: rows are cut into blocks of at most ~GEMM_XBLOCK_FLOATS /
+ * GEMM_KC (all 77 of the text encoder's in one), a row block into balanced
+ * tiles of at most GEMM_MR rows (77 rows become 7 tiles of 11, not 6 of 12
+ * and one of 5), and a task is one (row block, panel) pair.  A task walks K
+ * in blocks of GEMM_KC so that the panel's block (32 KiB) stays in L1 while
+ * every tile of the row block uses it; the x rows come from L2.  Between K
+ * blocks the running sums wait in y itself in fp32, exactly as they would in
+ * a register, so blocking does not change a single bit; neither does the
+ * thread count or the schedule, since every output is computed by exactly
+ * one task, in the same order.
  */
 #include "gemm.h"
 
 #include <immintrin.h>
 #include <stdlib.h>
-#include <string.h>
 
 #define GEMM_MR 12
 #ifndef GEMM_KC /* a -D for tuning with tools/bench/bench_gemm.c */
@@ -205,14 +205,15 @@ void gemm_packed_linear(float *y, const float *x, const gemm_packed *p,
         mb = M;
     int64_t mblocks = (M + mb - 1) / mb, tasks = mblocks * panels;
     int parallel = M * N * K >= GEMM_PARALLEL_MIN && tasks > 1;
-#pragma omp parallel if (parallel)
-    for (int64_t k0 = 0; k0 < K; k0 += GEMM_KC) {
-        int64_t kc = K - k0 < GEMM_KC ? K - k0 : GEMM_KC;
-        /* Row block major: a thread's consecutive tasks share the x block. */
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < tasks; t++) {
-            int64_t r0 = t / panels * mb;
-            int64_t rows = M - r0 < mb ? M - r0 : mb;
+    /* Each task runs all of K itself: no barrier between K blocks, and
+     * dynamic scheduling lets a thread whose core is busy with other work
+     * take fewer tasks, without changing any result. */
+#pragma omp parallel for schedule(dynamic) if (parallel)
+    for (int64_t t = 0; t < tasks; t++) {
+        int64_t r0 = t / panels * mb;
+        int64_t rows = M - r0 < mb ? M - r0 : mb;
+        for (int64_t k0 = 0; k0 < K; k0 += GEMM_KC) {
+            int64_t kc = K - k0 < GEMM_KC ? K - k0 : GEMM_KC;
             block(y, x, p, b, r0, rows, t % panels, k0, kc);
         }
     }
