@@ -69,13 +69,18 @@ static void cpu_free_derived(void *derived) { gemm_packed_free(derived); }
 /*
  * Linear layers with at most this many rows use the packed kernel: the text
  * encoder (77 rows, or 154 for a prompt and a negative one), the UNet's
- * cross-attention keys and values, its time embedding and its 8x8 level.
+ * cross-attention keys and values and its 8x8 level (about 0.2 GB of packed
+ * copies for SD 1.5's UNet, which gains nothing measurable from them).
  * Measured with tools/bench/bench_gemm.sh (one thread, min of 20): at 77
  * rows it takes 0.3-0.5 of OpenBLAS's time (OpenBLAS re-packs the weight
  * every call), at 154 rows 0.73-0.97, at 128x1280x1280 0.91; from 512 rows
  * up it is 1.06-1.19 and would also need a second copy of every UNet weight.
  */
 #define PACKED_MAX_ROWS 160
+/* Below this (the UNet's time embedding: 1-2 rows) a call is a matrix-vector
+ * product that reads each weight once either way: a packed copy would only
+ * cost memory (~90 MB for SD 1.5's UNet). */
+#define PACKED_MIN_ROWS 8
 
 /* w's packed copy, made on first use and kept in w->derived (see tensor.h),
  * or NULL (no AVX-512, out of memory: the caller falls back to OpenBLAS). */
@@ -102,7 +107,7 @@ static const gemm_packed *packed_weight(const tensor *w)
 static int cpu_linear(tensor *y, const tensor *x, const tensor *w, const tensor *b)
 {
     int64_t K = x->shape[x->ndim - 1], N = w->shape[0], M = x->n / K;
-    if (have_avx512() && M <= PACKED_MAX_ROWS && K > 0 && N > 0) {
+    if (have_avx512() && M >= PACKED_MIN_ROWS && M <= PACKED_MAX_ROWS && K > 0 && N > 0) {
         const gemm_packed *p = packed_weight(w);
         if (p) {
             gemm_packed_linear(F(y), CF(x), p, b ? CF(b) : NULL, M);
