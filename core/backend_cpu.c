@@ -2,16 +2,30 @@
  * backend_cpu.c - the CPU backend: the reference every other backend is
  * checked against.
  *
- * Plain C over host memory, OpenMP across rows, GEMMs through OpenBLAS.
+ * Plain C over host memory, OpenMP across rows, GEMMs through OpenBLAS,
+ * except linear layers with few rows, which use coin's packed-weight kernel
+ * (gemm.c) where the CPU has AVX-512.
  * Sums that decide accuracy (LayerNorm statistics, softmax denominators) are
  * accumulated in double so that the result does not depend on thread count.
  */
 #include "tensor.h"
+#include "gemm.h"
 
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_AVX512_PATHS 1
+
+/* The lanes of a 16-float block that are still in range. */
+static __mmask16 tail_mask(int64_t left)
+{
+    return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+}
+#endif
 
 #define F(t) ((float *)(t)->mem)
 #define CF(t) ((const float *)(t)->mem)
@@ -37,9 +51,69 @@ static int cpu_download(float *dst, const void *src, size_t n)
     return 0;
 }
 
+/* 1 where the AVX-512 paths (these and gemm.c's) may run; asked once. */
+static int avx512_available = -1;
+
+static int have_avx512(void)
+{
+    int a = __atomic_load_n(&avx512_available, __ATOMIC_RELAXED);
+    if (a < 0) {
+        a = gemm_packed_available();
+        __atomic_store_n(&avx512_available, a, __ATOMIC_RELAXED);
+    }
+    return a;
+}
+
+static void cpu_free_derived(void *derived) { gemm_packed_free(derived); }
+
+/*
+ * Linear layers with at most this many rows use the packed kernel: the text
+ * encoder (77 rows, or 154 for a prompt and a negative one), the UNet's
+ * cross-attention keys and values and its 8x8 level (about 0.2 GB of packed
+ * copies for SD 1.5's UNet, which gains nothing measurable from them).
+ * Measured with tools/bench/bench_gemm.sh (one thread, min of 20): at 77
+ * rows it takes 0.3-0.5 of OpenBLAS's time (OpenBLAS re-packs the weight
+ * every call), at 154 rows 0.73-0.97, at 128x1280x1280 0.91; from 512 rows
+ * up it is 1.06-1.19 and would also need a second copy of every UNet weight.
+ */
+#define PACKED_MAX_ROWS 160
+/* Below this (the UNet's time embedding: 1-2 rows) a call is a matrix-vector
+ * product that reads each weight once either way: a packed copy would only
+ * cost memory (~90 MB for SD 1.5's UNet). */
+#define PACKED_MIN_ROWS 8
+
+/* w's packed copy, made on first use and kept in w->derived (see tensor.h),
+ * or NULL (no AVX-512, out of memory: the caller falls back to OpenBLAS). */
+static const gemm_packed *packed_weight(const tensor *w)
+{
+    /* The cache is not part of w's value; w itself is never const storage. */
+    void **slot = &((tensor *)w)->derived;
+    void *p = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+    if (p)
+        return p;
+    gemm_packed *fresh = gemm_pack(CF(w), w->shape[0], w->shape[1]);
+    if (!fresh)
+        return NULL;
+    /* Two threads may pack the same weight at once: the first to store wins. */
+    void *expected = NULL;
+    if (!__atomic_compare_exchange_n(slot, &expected, fresh, 0, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE)) {
+        gemm_packed_free(fresh);
+        return expected;
+    }
+    return fresh;
+}
+
 static int cpu_linear(tensor *y, const tensor *x, const tensor *w, const tensor *b)
 {
     int64_t K = x->shape[x->ndim - 1], N = w->shape[0], M = x->n / K;
+    if (have_avx512() && M >= PACKED_MIN_ROWS && M <= PACKED_MAX_ROWS && K > 0 && N > 0) {
+        const gemm_packed *p = packed_weight(w);
+        if (p) {
+            gemm_packed_linear(F(y), CF(x), p, b ? CF(b) : NULL, M);
+            return 0;
+        }
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K,
                 1.0f, CF(x), (int)K, CF(w), (int)K, 0.0f, F(y), (int)N);
     if (b) {
@@ -53,6 +127,48 @@ static int cpu_linear(tensor *y, const tensor *x, const tensor *w, const tensor 
     return 0;
 }
 
+#ifdef HAVE_AVX512_PATHS
+/* The 8 doubles of a 16-float vector's low (half 0) or high (half 1) half. */
+__attribute__((target("avx512f"))) static inline __m512d widen_half(__m512 v, int half)
+{
+    __m256 h = half ? _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))
+                    : _mm512_castps512_ps256(v);
+    return _mm512_cvtps_pd(h);
+}
+
+/* One row of cpu_layernorm, the same sums in double, 8 lanes at a time. */
+__attribute__((target("avx512f"))) static void layernorm_row_avx512(
+    float *out, const float *row, const float *gamma, const float *beta, int64_t D, float eps)
+{
+    __m512d sum = _mm512_setzero_pd(), sq = _mm512_setzero_pd();
+    for (int64_t j = 0; j < D; j += 16) {
+        __m512 v = _mm512_maskz_loadu_ps(tail_mask(D - j), row + j);
+        sum = _mm512_add_pd(sum, _mm512_add_pd(widen_half(v, 0), widen_half(v, 1)));
+    }
+    double mean = _mm512_reduce_add_pd(sum) / (double)D;
+    __m512d vmean = _mm512_set1_pd(mean);
+    for (int64_t j = 0; j < D; j += 16) {
+        __mmask16 m = tail_mask(D - j);
+        __m512 v = _mm512_maskz_loadu_ps(m, row + j);
+        /* masked-off lanes are 0 - mean: leave them out of the sum */
+        __m512d d0 = _mm512_maskz_sub_pd((__mmask8)m, widen_half(v, 0), vmean);
+        __m512d d1 = _mm512_maskz_sub_pd((__mmask8)(m >> 8), widen_half(v, 1), vmean);
+        sq = _mm512_fmadd_pd(d0, d0, _mm512_fmadd_pd(d1, d1, sq));
+    }
+    __m512 inv = _mm512_set1_ps((float)(1.0 / sqrt(_mm512_reduce_add_pd(sq) / (double)D + eps)));
+    for (int64_t j = 0; j < D; j += 16) {
+        __mmask16 m = tail_mask(D - j);
+        __m512 v = _mm512_maskz_loadu_ps(m, row + j);
+        __m256 lo = _mm512_cvtpd_ps(_mm512_sub_pd(widen_half(v, 0), vmean));
+        __m256 hi = _mm512_cvtpd_ps(_mm512_sub_pd(widen_half(v, 1), vmean));
+        __m512 d = _mm512_castpd_ps(_mm512_insertf64x4(
+            _mm512_castps_pd(_mm512_castps256_ps512(lo)), _mm256_castps_pd(hi), 1));
+        __m512 r = _mm512_mul_ps(_mm512_mul_ps(d, inv), _mm512_maskz_loadu_ps(m, gamma + j));
+        _mm512_mask_storeu_ps(out + j, m, _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, beta + j)));
+    }
+}
+#endif
+
 static int cpu_layernorm(tensor *y, const tensor *x, const tensor *g,
                          const tensor *b, float eps)
 {
@@ -62,6 +178,12 @@ static int cpu_layernorm(tensor *y, const tensor *x, const tensor *g,
     for (int64_t i = 0; i < M; i++) {
         const float *row = CF(x) + i * D;
         float *out = F(y) + i * D;
+#ifdef HAVE_AVX512_PATHS
+        if (have_avx512()) {
+            layernorm_row_avx512(out, row, gamma, beta, D, eps);
+            continue;
+        }
+#endif
         double sum = 0, sq = 0;
         for (int64_t j = 0; j < D; j++)
             sum += row[j];
@@ -88,13 +210,143 @@ static int cpu_add(tensor *y, const tensor *a, const tensor *b)
     return 0;
 }
 
+
+#ifdef HAVE_AVX512_PATHS
+/*
+ * e^x in 16 lanes, within a few ulp of expf: x = n ln2 + r with |r| <= ln2/2
+ * (ln2 in two parts, as in Cephes, so r is exact enough), e^r by its Taylor
+ * polynomial to degree 7 (truncation < 1e-8 relative), then 2^n by scalef,
+ * which gives inf and 0 past the float range as expf does.  x is clamped so
+ * that +-inf give inf and 0 rather than inf - inf.
+ */
+__attribute__((target("avx512f"))) static inline __m512 exp16(__m512 x)
+{
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(89.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+__attribute__((target("avx512f"))) static void quick_gelu_avx512(float *out, const float *in,
+                                                                 int64_t n)
+{
+    int64_t blocks = (n + 15) / 16;
+#pragma omp parallel for if (n > 65536)
+    for (int64_t i = 0; i < blocks; i++) {
+        __mmask16 m = tail_mask(n - i * 16);
+        __m512 x = _mm512_maskz_loadu_ps(m, in + i * 16);
+        __m512 e = exp16(_mm512_mul_ps(x, _mm512_set1_ps(-1.702f)));
+        _mm512_mask_storeu_ps(out + i * 16, m,
+                              _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e)));
+    }
+}
+
+/* score[j] = e^(score[j] - max) for j < n; returns their sum (lane sums,
+ * then the lanes: a fixed order). */
+__attribute__((target("avx512f"))) static float softmax_exp_avx512(float *score, int64_t n,
+                                                                   float max)
+{
+    __m512 sum = _mm512_setzero_ps(), vmax = _mm512_set1_ps(max);
+    for (int64_t j = 0; j < n; j += 16) {
+        __mmask16 m = tail_mask(n - j);
+        __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, score + j), vmax));
+        _mm512_mask_storeu_ps(score + j, m, e);
+        sum = _mm512_mask_add_ps(sum, m, sum, e);
+    }
+    return _mm512_reduce_add_ps(sum);
+}
+
+/* One query row of attention_rows: oi[hdv] = softmax(qi . k_j * scale) v_j
+ * over keys j < n_keys, k_j at kb + j * C and v_j at vb + j * Cv; score
+ * holds n_keys floats. */
+__attribute__((target("avx512f"))) static void attend_row_avx512(
+    float *oi, const float *qi, const float *kb, int64_t C, const float *vb, int64_t Cv,
+    int64_t n_keys, int64_t hd, int64_t hdv, float scale, float *score)
+{
+    float max = -INFINITY;
+    for (int64_t j = 0; j < n_keys; j++) {
+        const float *kj = kb + j * C;
+        __m512 dot = _mm512_setzero_ps();
+        for (int64_t d = 0; d < hd; d += 16) {
+            __mmask16 m = tail_mask(hd - d);
+            dot = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, qi + d),
+                                  _mm512_maskz_loadu_ps(m, kj + d), dot);
+        }
+        score[j] = _mm512_reduce_add_ps(dot) * scale;
+        max = score[j] > max ? score[j] : max;
+    }
+    __m512 inv = _mm512_set1_ps(1.0f / softmax_exp_avx512(score, n_keys, max));
+    for (int64_t d = 0; d < hdv; d += 16) {
+        __mmask16 m = tail_mask(hdv - d);
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t j = 0; j < n_keys; j++)
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(score[j]),
+                                  _mm512_maskz_loadu_ps(m, vb + j * Cv + d), acc);
+        _mm512_mask_storeu_ps(oi + d, m, _mm512_mul_ps(acc, inv));
+    }
+}
+#endif
+
+#ifdef HAVE_AVX512_PATHS
+/*
+ * gelu(x) = x/2 (1 + erf(z)), z = x / sqrt 2, with 1 + erf(z) = erfc(-z)
+ * for z < 0 and 2 - erfc(z) otherwise, so the negative side (where 1 + erf
+ * is tiny) keeps its relative accuracy.  erfc(|z|) = t e^(-z^2 + P(t)) with
+ * t = 1 / (1 + |z|/2) and P the degree-9 Chebyshev fit of Numerical Recipes'
+ * erfcc (fractional error below 1.2e-7 for all z).
+ */
+__attribute__((target("avx512f"))) static void gelu_avx512(float *out, const float *in,
+                                                           int64_t n)
+{
+    static const float c[10] = {0.17087277f,  -0.82215223f, 1.48851587f, -1.13520398f,
+                                0.27886807f,  -0.18628806f, 0.09678418f, 0.37409196f,
+                                1.00002368f, -1.26551223f};
+    int64_t blocks = (n + 15) / 16;
+#pragma omp parallel for if (n > 65536)
+    for (int64_t i = 0; i < blocks; i++) {
+        __mmask16 m = tail_mask(n - i * 16);
+        __m512 x = _mm512_maskz_loadu_ps(m, in + i * 16);
+        __m512 z = _mm512_mul_ps(x, _mm512_set1_ps((float)M_SQRT1_2));
+        __m512 a = _mm512_abs_ps(z);
+        __m512 t = _mm512_div_ps(_mm512_set1_ps(1.0f),
+                                 _mm512_fmadd_ps(_mm512_set1_ps(0.5f), a, _mm512_set1_ps(1.0f)));
+        __m512 p = _mm512_set1_ps(c[0]);
+        for (int j = 1; j < 10; j++)
+            p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(c[j]));
+        __m512 erfc = _mm512_mul_ps(t, exp16(_mm512_fnmadd_ps(a, a, p)));
+        __mmask16 pos = _mm512_cmp_ps_mask(z, _mm512_setzero_ps(), _CMP_GE_OQ);
+        __m512 one_plus_erf =
+            _mm512_mask_sub_ps(erfc, pos, _mm512_set1_ps(2.0f), erfc);
+        _mm512_mask_storeu_ps(out + i * 16, m,
+                              _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), one_plus_erf));
+    }
+}
+#endif
+
 static int cpu_gelu(tensor *y, const tensor *x)
 {
     float *out = F(y);
     const float *in = CF(x);
+#ifdef HAVE_AVX512_PATHS
+    if (have_avx512()) {
+        gelu_avx512(out, in, y->n);
+        return 0;
+    }
+#endif
+    /* 1 + erf(z) as erfc(-z): no cancellation for negative x. */
 #pragma omp parallel for if (y->n > 65536)
     for (int64_t i = 0; i < y->n; i++)
-        out[i] = 0.5f * in[i] * (1.0f + erff(in[i] * (float)M_SQRT1_2));
+        out[i] = 0.5f * in[i] * erfcf(-in[i] * (float)M_SQRT1_2);
     return 0;
 }
 
@@ -102,10 +354,31 @@ static int cpu_quick_gelu(tensor *y, const tensor *x)
 {
     float *out = F(y);
     const float *in = CF(x);
+#ifdef HAVE_AVX512_PATHS
+    if (have_avx512()) {
+        quick_gelu_avx512(out, in, y->n);
+        return 0;
+    }
+#endif
 #pragma omp parallel for if (y->n > 65536)
     for (int64_t i = 0; i < y->n; i++)
         out[i] = in[i] / (1.0f + expf(-1.702f * in[i]));
     return 0;
+}
+
+/* score[j] = e^(score[j] - max) for j < n; returns their sum. */
+static float softmax_exp(float *score, int64_t n, float max)
+{
+#ifdef HAVE_AVX512_PATHS
+    if (have_avx512())
+        return softmax_exp_avx512(score, n, max);
+#endif
+    float denom = 0;
+    for (int64_t j = 0; j < n; j++) {
+        score[j] = expf(score[j] - max);
+        denom += score[j];
+    }
+    return denom;
 }
 
 /*
@@ -136,6 +409,15 @@ static int attention_rows(tensor *o, const tensor *q, const tensor *k,
                 int64_t b = bh / heads, h = bh % heads;
                 const float *restrict qi = CF(q) + (b * T + i) * C + h * hd;
                 int64_t n_keys = causal ? i + 1 : S;
+#ifdef HAVE_AVX512_PATHS
+                if (have_avx512()) {
+                    attend_row_avx512(F(o) + (b * T + i) * Cv + h * hdv, qi,
+                                      CF(k) + b * S * C + h * hd, C,
+                                      CF(v) + b * S * Cv + h * hdv, Cv, n_keys, hd, hdv,
+                                      scale, score);
+                    continue;
+                }
+#endif
                 float max = -INFINITY;
                 for (int64_t j = 0; j < n_keys; j++) {
                     const float *restrict kj = CF(k) + (b * S + j) * C + h * hd;
@@ -148,11 +430,7 @@ static int attention_rows(tensor *o, const tensor *q, const tensor *k,
                     if (score[j] > max)
                         max = score[j];
                 }
-                float denom = 0;
-                for (int64_t j = 0; j < n_keys; j++) {
-                    score[j] = expf(score[j] - max);
-                    denom += score[j];
-                }
+                float denom = softmax_exp(score, n_keys, max);
                 for (int64_t d = 0; d < hdv; d++)
                     acc[d] = 0;
                 for (int64_t j = 0; j < n_keys; j++) {
@@ -800,6 +1078,7 @@ static const coin_backend cpu_backend = {
     .free = cpu_free,
     .upload = cpu_upload,
     .download = cpu_download,
+    .free_derived = cpu_free_derived,
 #define COIN_OP_INIT(name, args) .name = cpu_##name,
     COIN_BACKEND_OPS(COIN_OP_INIT)
 #undef COIN_OP_INIT

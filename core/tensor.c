@@ -73,8 +73,17 @@ int tensor_alloc3(tensor *t, const coin_backend *be, int64_t d0, int64_t d1,
     return tensor_alloc(t, be, 3, (int64_t[]){d0, d1, d2}, err);
 }
 
+/* Drops t's derived data (see tensor.h): its contents are about to change. */
+static void drop_derived(tensor *t)
+{
+    void *d = __atomic_exchange_n(&t->derived, NULL, __ATOMIC_ACQ_REL);
+    if (d && t->be && t->be->free_derived)
+        t->be->free_derived(d);
+}
+
 void tensor_free(tensor *t)
 {
+    drop_derived(t);
     if (t->mem)
         t->be->free(t->mem);
     memset(t, 0, sizeof *t);
@@ -85,6 +94,7 @@ int tensor_upload(tensor *t, const float *src, int64_t n, coin_error *err)
     if (n != t->n)
         return coin_fail(err, COIN_ESHAPE, "upload of %lld values into a tensor of %lld",
                          (long long)n, (long long)t->n);
+    drop_derived(t);
     int rc = t->be->upload(t->mem, src, (size_t)n);
     return rc ? coin_fail(err, rc, "%s backend: upload failed", t->be->name) : 0;
 }
@@ -104,6 +114,7 @@ int tensor_upload_range(tensor *t, int64_t offset, const float *src, int64_t n,
     if (offset < 0 || n < 0 || offset + n > t->n)
         return coin_fail(err, COIN_ESHAPE, "upload of %lld values at %lld into a tensor of %lld",
                          (long long)n, (long long)offset, (long long)t->n);
+    drop_derived(t);
     /* Offsetting a device pointer is fine: it is never dereferenced here. */
     int rc = t->be->upload((float *)t->mem + offset, src, (size_t)n);
     return rc ? coin_fail(err, rc, "%s backend: upload failed", t->be->name) : 0;
@@ -151,8 +162,11 @@ static int shape_fail(coin_error *err, const char *op, const char *what,
                              op ": a tensor is unallocated or on another backend"); \
     } while (0)
 
+/* After an op: t is the tensor it wrote, whose derived data is now stale. */
 static int call_rc(coin_error *err, const char *op, const tensor *t, int rc)
 {
+    /* The wrappers take outputs as tensor *; t is const only here. */
+    drop_derived((tensor *)t);
     return rc ? coin_fail(err, rc, "%s backend: %s failed", t->be->name, op) : 0;
 }
 
@@ -272,6 +286,7 @@ int tensor_reshape(tensor *t, int ndim, const int64_t *shape, coin_error *err)
         return coin_fail(err, COIN_ESHAPE, "reshape of %s to %lld elements",
                          tensor_shape_str(t, s, sizeof s), (long long)n);
     }
+    drop_derived(t); /* a layout for the old shape */
     t->ndim = ndim;
     for (int i = 0; i < TENSOR_MAX_DIMS; i++)
         t->shape[i] = i < ndim ? shape[i] : 0;

@@ -32,6 +32,14 @@ typedef struct tensor {
     int64_t shape[TENSOR_MAX_DIMS];
     int64_t n;          /* elements */
     void *mem;          /* backend memory (host memory only on the CPU backend) */
+    /* A copy of mem's contents in a layout of the backend's choosing, made by
+     * the backend on first use and owned by this tensor (the CPU backend
+     * keeps a linear layer's weight packed for its GEMM kernel here).  It
+     * goes stale when mem changes, so tensor_upload*, and the op wrappers for
+     * the tensor an op writes, drop it; tensor_free frees it through
+     * be->free_derived.  A struct copy of a tensor that has one must not be
+     * freed (views are never freed), nor must writes bypass those calls. */
+    void *derived;
 } tensor;
 
 /*
@@ -139,6 +147,8 @@ struct coin_backend {
     void (*free)(void *mem);
     int (*upload)(void *dst, const float *src, size_t n);
     int (*download)(float *dst, const void *src, size_t n);
+    /* Frees a tensor's derived data (NULL for a backend that never makes any). */
+    void (*free_derived)(void *derived);
 #define COIN_OP_FIELD(name, args) int(*name) args;
     COIN_BACKEND_OPS(COIN_OP_FIELD)
 #undef COIN_OP_FIELD

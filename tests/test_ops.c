@@ -3,6 +3,8 @@
  * its definition (written out here, independent of backend_cpu.c), and the
  * wrappers' shape checks.
  */
+#include <float.h>
+#include <math.h>
 #include <stdlib.h>
 
 #include "core/tensor.h"
@@ -80,10 +82,14 @@ TEST(ops_linear_matches_definition)
     tensor_free(&tx), tensor_free(&tw), tensor_free(&tb), tensor_free(&ty), tensor_free(&bad);
 }
 
-TEST(ops_layernorm_matches_definition)
+/* LayerNorm of M rows of width D against the definition in double, out of
+ * place and in place. */
+static void check_layernorm(int M, int D)
 {
-    enum { M = 3, D = 16 };
-    float x[M * D], g[D], b[D], y[M * D], ref[M * D];
+    float *x = malloc(sizeof(float) * M * D), *g = malloc(sizeof(float) * D);
+    float *b = malloc(sizeof(float) * D), *y = malloc(sizeof(float) * M * D);
+    float *ref = malloc(sizeof(float) * M * D);
+    REQUIRE(x && g && b && y && ref);
     fill(x, M * D, 4);
     fill(g, D, 5);
     fill(b, D, 6);
@@ -101,12 +107,23 @@ TEST(ops_layernorm_matches_definition)
     coin_error err = {0};
     REQUIRE_OK(op_layernorm(&ty, &tx, &tg, &tb, 1e-5f, &err), &err);
     download(&ty, y);
-    CHECK(max_abs_diff(y, ref, M * D) < 1e-5f);
+    CHECK_MSG(max_abs_diff(y, ref, M * D) < 1e-5f, "D=%d: %g", D, max_abs_diff(y, ref, M * D));
     /* In place gives the same. */
     REQUIRE_OK(op_layernorm(&tx, &tx, &tg, &tb, 1e-5f, &err), &err);
     download(&tx, y);
-    CHECK(max_abs_diff(y, ref, M * D) < 1e-5f);
+    CHECK_MSG(max_abs_diff(y, ref, M * D) < 1e-5f, "D=%d in place", D);
     tensor_free(&tx), tensor_free(&tg), tensor_free(&tb), tensor_free(&ty);
+    free(x), free(g), free(b), free(y), free(ref);
+}
+
+TEST(ops_layernorm_matches_definition) { check_layernorm(3, 16); }
+
+/* Widths that leave a ragged last vector (and the text encoders' 768, 1024). */
+TEST(ops_layernorm_matches_definition_at_ragged_widths)
+{
+    static const int widths[] = {1, 5, 17, 37, 768, 1024};
+    for (size_t i = 0; i < sizeof widths / sizeof widths[0]; i++)
+        check_layernorm(7, widths[i]);
 }
 
 TEST(ops_activations_known_values)
@@ -126,6 +143,67 @@ TEST(ops_activations_known_values)
     download(&ty, y);
     CHECK(max_abs_diff(y, q_ref, 5) < 1e-6f);
     tensor_free(&tx), tensor_free(&ty);
+}
+
+/* quick_gelu over its whole range (long enough for every vector path and a
+ * ragged tail, in place as the text encoder calls it) against x sigmoid(1.702 x)
+ * in double: within a few float roundings of the value, and the limits right. */
+TEST(ops_quick_gelu_matches_definition_over_its_range)
+{
+    enum { N = 70001 };
+    float *x = malloc(sizeof(float) * N), *y = malloc(sizeof(float) * N);
+    REQUIRE(x && y);
+    for (int i = 0; i < N; i++)
+        x[i] = -60.0f + 120.0f * (float)i / (N - 1);
+    x[0] = -1e30f, x[1] = 1e30f, x[2] = INFINITY, x[3] = -0.0f, x[4] = 1e-30f;
+    tensor t = make(1, (int64_t[]){N}, x);
+    coin_error err = {0};
+    REQUIRE_OK(op_quick_gelu(&t, &t, &err), &err);
+    download(&t, y);
+    int bad = 0;
+    for (int i = 0; i < N && bad < 5; i++) {
+        double ref = x[i] == INFINITY ? INFINITY : x[i] / (1.0 + exp(-1.702 * (double)x[i]));
+        /* 1.702 x is rounded to float before e^: a relative error of up to
+         * |1.702 x| u in the result, on top of a few roundings.  1e-30: below
+         * it both sides are lost to float underflow anyway. */
+        double tol = (8 + 1.702 * fabs((double)x[i])) * FLT_EPSILON * fabs(ref) + 1e-30;
+        if (!(y[i] == ref || fabs(y[i] - ref) <= tol)) {
+            bad++;
+            CHECK_MSG(0, "quick_gelu(%.9g) = %.9g, expected %.9g", x[i], y[i], ref);
+        }
+    }
+    tensor_free(&t);
+    free(x), free(y);
+}
+
+/* gelu likewise against x Phi(x) in double (erfc, so the far negative side
+ * is checked relative to its tiny value too). */
+TEST(ops_gelu_matches_definition_over_its_range)
+{
+    enum { N = 70001 };
+    float *x = malloc(sizeof(float) * N), *y = malloc(sizeof(float) * N);
+    REQUIRE(x && y);
+    for (int i = 0; i < N; i++)
+        x[i] = -14.0f + 28.0f * (float)i / (N - 1);
+    x[0] = -1e30f, x[1] = 1e30f, x[2] = INFINITY, x[3] = -0.0f, x[4] = 1e-30f;
+    tensor t = make(1, (int64_t[]){N}, x);
+    coin_error err = {0};
+    REQUIRE_OK(op_gelu(&t, &t, &err), &err);
+    download(&t, y);
+    int bad = 0;
+    for (int i = 0; i < N && bad < 5; i++) {
+        double z = (double)x[i] * M_SQRT1_2;
+        double ref = x[i] == INFINITY ? INFINITY : 0.5 * x[i] * erfc(-z);
+        /* x / sqrt 2 is rounded to float: on the negative side e^(-z^2)
+         * turns that into a relative error of about 2 z^2 u. */
+        double tol = (16 + 2 * z * z) * FLT_EPSILON * fabs(ref) + 1e-30;
+        if (!(y[i] == ref || fabs(y[i] - ref) <= tol)) {
+            bad++;
+            CHECK_MSG(0, "gelu(%.9g) = %.9g, expected %.9g", x[i], y[i], ref);
+        }
+    }
+    tensor_free(&t);
+    free(x), free(y);
 }
 
 /* Multi-head attention written out with the full score matrix. */
@@ -156,6 +234,33 @@ static void attention_ref(float *o, const float *q, const float *k, const float 
                 }
                 free(s);
             }
+}
+
+/* Head widths and key counts that are not multiples of 16 (the vector
+ * paths' masked tails), past one vector, with and without the causal mask. */
+TEST(ops_attention_matches_definition_at_ragged_widths)
+{
+    enum { B = 2, T = 33, S = 37, C = 40, H = 2 };
+    float *q = malloc(sizeof(float) * B * T * C), *k = malloc(sizeof(float) * B * S * C);
+    float *v = malloc(sizeof(float) * B * S * C), *o = malloc(sizeof(float) * B * T * C);
+    float *ref = malloc(sizeof(float) * B * T * C);
+    REQUIRE(q && k && v && o && ref);
+    fill(q, B * T * C, 17);
+    fill(k, B * S * C, 18);
+    fill(v, B * S * C, 19);
+    coin_error err = {0};
+    for (int causal = 0; causal < 2; causal++) {
+        int keys = causal ? T : S;
+        tensor tq = make(3, (int64_t[]){B, T, C}, q), tk = make(3, (int64_t[]){B, keys, C}, k);
+        tensor tv = make(3, (int64_t[]){B, keys, C}, v), to = make(3, (int64_t[]){B, T, C}, o);
+        REQUIRE_OK(op_attention(&to, &tq, &tk, &tv, H, causal, &err), &err);
+        download(&to, o);
+        attention_ref(ref, q, k, v, B, T, keys, C, H, causal);
+        CHECK_MSG(max_abs_diff(o, ref, B * T * C) < 1e-5f, "causal %d: %g", causal,
+                  max_abs_diff(o, ref, B * T * C));
+        tensor_free(&tq), tensor_free(&tk), tensor_free(&tv), tensor_free(&to);
+    }
+    free(q), free(k), free(v), free(o), free(ref);
 }
 
 TEST(ops_attention_matches_definition)
