@@ -2,7 +2,8 @@
 #
 #   make            build bin/coin (installs missing Debian packages first)
 #   make test       build and run every test; ends with "N passed, N failed"
-#   make run        inspect a model and encode a prompt (MODEL=..., PROMPT=...)
+#   make run        open the workbench (on the shipped toy model, or MODEL=...)
+#   make demo       inspect a model, encode a prompt, sample an image (no UI)
 #   make fuzz       fuzz the safetensors and .pt readers, FUZZ_SECONDS in all (default 30)
 #
 # CUDA: when nvcc is on PATH (or NVCC=... is given) the CUDA backend in cuda/
@@ -54,7 +55,7 @@ endif
 VOCAB := $(BUILD)/vocab/bpe_simple_vocab_16e6.txt.gz
 DEPS_STAMP := $(BUILD)/.deps-ok
 
-.PHONY: all test run fuzz deps clean info
+.PHONY: all test run demo fuzz deps clean info
 all: bin/coin
 
 deps: $(DEPS_STAMP)
@@ -141,12 +142,19 @@ fuzz: bin/fuzz_safetensors bin/fuzz_pickle_pt
 test: bin/coin bin/coin_tests fuzz
 	@bin/coin_tests
 
-MODEL  ?= tests/golden/sd1/model.safetensors
+# make run: the workbench, on the toy model coin ships unless MODEL names
+# another (COIN_MODEL is what the workbench's forms offer first).
+# make demo: the same engine without a terminal UI, on the tiny test model.
+MODEL  ?=
 PROMPT ?= a photo of a cat giving a thumbs up
+DEMO_MODEL ?= $(if $(MODEL),$(MODEL),tests/golden/sd1/model.safetensors)
 run: bin/coin
-	bin/coin info $(MODEL)
-	bin/coin encode --model $(MODEL) --prompt "$(PROMPT)" --out $(BUILD)/encoded.safetensors
-	bin/coin sample --model $(MODEL) --prompt "$(PROMPT)" --steps 20 --out $(BUILD)/sample.png
+	COIN_MODEL="$(MODEL)" bin/coin
+
+demo: bin/coin
+	bin/coin info $(DEMO_MODEL)
+	bin/coin encode --model $(DEMO_MODEL) --prompt "$(PROMPT)" --out $(BUILD)/encoded.safetensors
+	bin/coin sample --model $(DEMO_MODEL) --prompt "$(PROMPT)" --steps 20 --foreground --out $(BUILD)/sample.png
 	bin/coin show $(BUILD)/sample.png
 
 info:
