@@ -133,3 +133,29 @@ int fileio_test_enospc(size_t n)
             return 0;
     }
 }
+
+int path_make_dirs(const char *path, coin_error *err)
+{
+    char buf[4096];
+    if (!*path || strlen(path) >= sizeof buf)
+        return coin_fail(err, COIN_EINVAL, "cannot create the folder \"%.200s\": the path is "
+                         "empty or too long", path);
+    strcpy(buf, path);
+    for (char *p = buf + 1;; p++) {
+        if (*p != '/' && *p != '\0')
+            continue;
+        char c = *p;
+        *p = '\0';
+        if (mkdir(buf, 0777) != 0 && errno != EEXIST) {
+            int e = errno;
+            return coin_fail(err, COIN_EIO, "cannot create the folder %s: %s", buf,
+                             strerror(e));
+        }
+        *p = c;
+        if (!c)
+            break;
+    }
+    if (!path_is_dir(path))
+        return coin_fail(err, COIN_EIO, "%s is not a folder", path);
+    return 0;
+}

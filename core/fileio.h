@@ -23,6 +23,11 @@ int path_is_dir(const char *path);
 int path_exists(const char *path);
 
 /* dir + "/" + name into buf; COIN_EINVAL if it does not fit. */
+/* mkdir -p: creates path and every missing parent.  An existing folder is
+ * fine; an existing file, or a part that cannot be made, is COIN_EIO naming
+ * the part. */
+int path_make_dirs(const char *path, coin_error *err);
+
 int path_join(char *buf, size_t len, const char *dir, const char *name,
               coin_error *err);
 

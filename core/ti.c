@@ -1069,10 +1069,10 @@ int ti_train(const ti_config *c, const coin_backend *be, ti_report_fn report, vo
     memset(&t, 0, sizeof t);
     memset(res, 0, sizeof *res);
     char state[1200], probe[1200];
-    if (mkdir(c->out_dir, 0777) && errno != EEXIST)
-        return coin_fail(err, COIN_EIO, "cannot create the output folder %s: %s", c->out_dir,
-                         strerror(errno));
-    int rc = path_join(state, sizeof state, c->out_dir, "state.safetensors", err);
+    int rc = path_make_dirs(c->out_dir, err);
+    if (rc)
+        return rc;
+    rc = path_join(state, sizeof state, c->out_dir, "state.safetensors", err);
     if (rc)
         return rc;
     if (path_exists(state))

@@ -13,6 +13,7 @@
  * the busy timeout do its job.
  */
 #include "db/ledger.h"
+#include "core/fileio.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -299,29 +300,6 @@ static int query_int64(ledger *l, const char *sql, const char *text, int64_t *v,
 
 /* ---- paths ------------------------------------------------------------- */
 
-/* mkdir -p, for the workspace folder. */
-static int make_dirs(char *path, coin_error *err)
-{
-    for (char *p = path + 1;; p++) {
-        if (*p != '/' && *p != '\0')
-            continue;
-        char c = *p;
-        *p = '\0';
-        if (mkdir(path, 0755) != 0 && errno != EEXIST) {
-            int e = errno;
-            *p = c;
-            return coin_fail(err, COIN_EIO, "cannot create the ledger folder %s: %s", path,
-                             strerror(e));
-        }
-        *p = c;
-        if (!c)
-            break;
-    }
-    struct stat sb;
-    if (stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode))
-        return coin_fail(err, COIN_EIO, "the ledger folder %s is not a folder", path);
-    return 0;
-}
 
 int ledger_default_path(char *buf, size_t len, coin_error *err)
 {
@@ -340,7 +318,7 @@ int ledger_default_path(char *buf, size_t len, coin_error *err)
         return coin_fail(err, COIN_EINVAL, "the ledger folder name is too long");
     while (n > 1 && dir[n - 1] == '/')
         dir[--n] = '\0';
-    int rc = make_dirs(dir, err);
+    int rc = path_make_dirs(dir, err);
     if (rc)
         return rc;
     n = snprintf(buf, len, "%s/ledger.db", dir);
