@@ -331,7 +331,7 @@ TEST(cli_rate_and_export)
     const char *dir = test_tmpdir();
     char cmd[2048];
     snprintf(cmd, sizeof cmd, "bin/coin sample --model tests/golden/sd1/model.safetensors "
-             "--prompt cat --steps 2 --batch 2 --out %s/r.png", dir);
+             "--prompt cat --steps 2 --batch 2 --out %s/not/yet/r.png", dir);
     REQUIRE(run(cmd, out, sizeof out) == 0);
     /* Sample 1 exists in this ledger whatever ran before. */
     CHECK_EQ_INT(run("bin/coin rate 1 good --note 'nice'", out, sizeof out), 0);

@@ -387,6 +387,16 @@ static int sample_here(const sample_args *a, const job_flags *jf)
     hashes h;
     recorder rec = {0};
     int status = 1;
+    /* The images' folder is made first: finding it missing after the
+     * first image would waste the sampling. */
+    char folder[4096];
+    snprintf(folder, sizeof folder, "%s", a->out);
+    char *slash = strrchr(folder, '/');
+    if (slash && slash != folder) {
+        *slash = '\0';
+        if (path_make_dirs(folder, &err))
+            goto done;
+    }
     if (backend_by_name(&be, a->backend, &err) ||
         pipeline_open(&p, a->model, a->version, a->prediction, be, &err))
         goto done;
