@@ -5,8 +5,8 @@
  * Plain C over host memory, OpenMP across rows, GEMMs through OpenBLAS,
  * except linear layers with few rows, which use coin's packed-weight kernel
  * (gemm.c) where the CPU has AVX-512.
- * Sums that decide accuracy (LayerNorm statistics, softmax denominators) are
- * accumulated in double so that the result does not depend on thread count.
+ * LayerNorm and GroupNorm statistics are accumulated in double; no sum is
+ * ever split across threads, so results do not depend on the thread count.
  */
 #include "tensor.h"
 #include "gemm.h"
@@ -381,6 +381,19 @@ static float softmax_exp(float *score, int64_t n, float max)
     return denom;
 }
 
+/* row[0..n) = softmax(row[0..n)).  The attention forward and the backward's
+ * recomputation share it, so the backward sees the very probabilities the
+ * forward used. */
+static void softmax_row(float *row, int64_t n)
+{
+    float max = -INFINITY;
+    for (int64_t j = 0; j < n; j++)
+        max = row[j] > max ? row[j] : max;
+    float inv = 1.0f / softmax_exp(row, n, max);
+    for (int64_t j = 0; j < n; j++)
+        row[j] *= inv;
+}
+
 /*
  * Short sequences (the text encoder): one query row at a time per (batch,
  * head), the row's scores in a per-thread buffer of S floats.
@@ -513,17 +526,7 @@ static int attention_blocks(tensor *o, const tensor *q, const tensor *k,
             for (int64_t r = 0; r < n; r++) {
                 float *row = score + r * S;
                 int64_t keys = causal ? i0 + r + 1 : S;
-                float max = -INFINITY;
-                for (int64_t j = 0; j < keys; j++)
-                    max = row[j] > max ? row[j] : max;
-                float denom = 0;
-                for (int64_t j = 0; j < keys; j++) {
-                    row[j] = expf(row[j] - max);
-                    denom += row[j];
-                }
-                float inv = 1.0f / denom;
-                for (int64_t j = 0; j < keys; j++)
-                    row[j] *= inv;
+                softmax_row(row, keys);
                 for (int64_t j = keys; j < S; j++)
                     row[j] = 0.0f;
             }
@@ -920,20 +923,10 @@ static int cpu_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tens
                 for (int64_t r = 0; r < n; r++) {
                     float *pr = p + r * keys, *dpr = dp + r * keys;
                     int64_t seen = causal ? i0 + r + 1 : keys;
-                    float max = -INFINITY;
-                    for (int64_t j = 0; j < seen; j++)
-                        max = pr[j] > max ? pr[j] : max;
-                    double denom = 0;
-                    for (int64_t j = 0; j < seen; j++) {
-                        pr[j] = expf(pr[j] - max);
-                        denom += pr[j];
-                    }
-                    float inv = (float)(1.0 / denom);
+                    softmax_row(pr, seen);
                     double dot = 0;
-                    for (int64_t j = 0; j < seen; j++) {
-                        pr[j] *= inv;
+                    for (int64_t j = 0; j < seen; j++)
                         dot += (double)pr[j] * dpr[j];
-                    }
                     /* dZ, with the score scale folded in for dQ and dK. */
                     for (int64_t j = 0; j < seen; j++)
                         dpr[j] = pr[j] * (float)(dpr[j] - dot) * scale;
