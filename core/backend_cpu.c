@@ -10,6 +10,7 @@
  */
 #include "tensor.h"
 #include "gemm.h"
+#include "winograd.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -384,8 +385,31 @@ static float softmax_exp(float *score, int64_t n, float max)
 /* row[0..n) = softmax(row[0..n)).  The attention forward and the backward's
  * recomputation share it, so the backward sees the very probabilities the
  * forward used. */
+#ifdef HAVE_AVX512_PATHS
+__attribute__((target("avx512f"))) static void softmax_row_avx512(float *row, int64_t n)
+{
+    __m512 vmax = _mm512_set1_ps(-INFINITY);
+    for (int64_t j = 0; j < n; j += 16) {
+        /* max(x, vmax) keeps vmax where x is NaN, as the scalar loop does. */
+        __mmask16 m = tail_mask(n - j);
+        vmax = _mm512_mask_max_ps(vmax, m, _mm512_maskz_loadu_ps(m, row + j), vmax);
+    }
+    __m512 inv = _mm512_set1_ps(1.0f / softmax_exp_avx512(row, n, _mm512_reduce_max_ps(vmax)));
+    for (int64_t j = 0; j < n; j += 16) {
+        __mmask16 m = tail_mask(n - j);
+        _mm512_mask_storeu_ps(row + j, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, row + j), inv));
+    }
+}
+#endif
+
 static void softmax_row(float *row, int64_t n)
 {
+#ifdef HAVE_AVX512_PATHS
+    if (have_avx512()) {
+        softmax_row_avx512(row, n);
+        return;
+    }
+#endif
     float max = -INFINITY;
     for (int64_t j = 0; j < n; j++)
         max = row[j] > max ? row[j] : max;
@@ -554,11 +578,29 @@ static int cpu_attention(tensor *o, const tensor *q, const tensor *k,
  */
 #define CONV_BAND_FLOATS (1 << 21)
 
+/*
+ * 3x3 convolutions with stride 1 and padding 1 (nearly all of the UNet's
+ * and the VAE's) go through Winograd's F(2x2, 3x3) (winograd.c) when there
+ * are enough 2x2 output tiles to pay for transforming the filters on every
+ * call: at SD 1.5's 8x8 level (32 tiles for a guided step) the filter
+ * transform alone would cost about as much as im2col's GEMM.
+ */
+#define WINOGRAD_MIN_TILES 128
+
+static int use_winograd(int64_t B, int64_t H, int64_t W, int64_t KH, int64_t KW, int stride,
+                        const int pad[4])
+{
+    return KH == 3 && KW == 3 && stride == 1 && pad[0] == 1 && pad[1] == 1 && pad[2] == 1 &&
+           pad[3] == 1 && B * ((H + 1) / 2) * ((W + 1) / 2) >= WINOGRAD_MIN_TILES;
+}
+
 static int cpu_conv2d(tensor *y, const tensor *x, const tensor *w, const tensor *b,
                       int stride, const int pad[4])
 {
     int64_t B = x->shape[0], Ci = x->shape[1], H = x->shape[2], W = x->shape[3];
     int64_t Co = w->shape[0], KH = w->shape[2], KW = w->shape[3];
+    if (use_winograd(B, H, W, KH, KW, stride, pad))
+        return winograd_conv3x3(F(y), CF(x), CF(w), b ? CF(b) : NULL, B, Ci, Co, H, W, 0);
     int64_t Ho = y->shape[2], Wo = y->shape[3], K = Ci * KH * KW;
     int pointwise = KH == 1 && KW == 1 && stride == 1 && !pad[0] && !pad[1] && !pad[2] && !pad[3];
     int64_t band = pointwise ? Ho : CONV_BAND_FLOATS / (K * Wo);
@@ -702,10 +744,24 @@ static int cpu_transpose(tensor *y, const tensor *x)
 static int cpu_geglu(tensor *y, const tensor *x)
 {
     int64_t width = y->shape[y->ndim - 1], M = y->n / width;
+#ifdef HAVE_AVX512_PATHS
+    /* gelu_avx512 inside a row loop runs on its caller's thread alone. */
+    int fast = have_avx512();
+#else
+    int fast = 0;
+#endif
 #pragma omp parallel for if (y->n > 65536)
     for (int64_t r = 0; r < M; r++) {
         const float *val = CF(x) + r * 2 * width, *gate = val + width;
         float *out = F(y) + r * width;
+#ifdef HAVE_AVX512_PATHS
+        if (fast) {
+            gelu_avx512(out, gate, width);
+            for (int64_t j = 0; j < width; j++)
+                out[j] *= val[j];
+            continue;
+        }
+#endif
         for (int64_t j = 0; j < width; j++)
             out[j] = val[j] * 0.5f * gate[j] * (1.0f + erff(gate[j] * (float)M_SQRT1_2));
     }
@@ -964,6 +1020,8 @@ static int cpu_conv2d_backward_input(tensor *dx, const tensor *dy, const tensor 
     int pointwise = KH == 1 && KW == 1 && stride == 1 && !pad[0] && !pad[1] && !pad[2] && !pad[3];
     if (!dx->n)
         return 0;
+    if (use_winograd(B, H, W, KH, KW, stride, pad))
+        return winograd_conv3x3(F(dx), CF(dy), CF(w), NULL, B, Co, Ci, H, W, 1);
     if (pointwise) {
         /* dx[Ci, HW] = w^T[Ci, Co] dy[Co, HW] per image. */
         for (int64_t n = 0; n < B; n++)

@@ -149,14 +149,54 @@ class Tokens:
         return torch.tensor(out, dtype=torch.int64)
 
 
+class CaptionProbe(torch.nn.Module):
+    """Training-only linear heads that read a caption's object colour, noun and background
+    colour from the text encoder's output at the positions from the end token on (which, with
+    CLIP's causal attention, see the whole caption). Their loss teaches the text encoder to
+    say what the caption asks for, which the diffusion loss alone teaches very slowly; the
+    heads are not part of the saved model."""
+    NOUNS = world.SHAPES + [world.GENERIC]
+
+    def __init__(self, width):
+        super().__init__()
+        self.fg = torch.nn.Linear(width, 1 + len(world.COLOUR_NAMES))
+        self.noun = torch.nn.Linear(width, 1 + len(self.NOUNS))
+        self.bg = torch.nn.Linear(width, 1 + len(world.COLOUR_NAMES))
+
+    @classmethod
+    def labels(cls, caption):
+        """(fg, noun, bg) class indices of a caption; 0 = not said."""
+        w = caption.split()
+        noun = next((i for i, x in enumerate(w) if x in cls.NOUNS), None)
+        fg = bg = 0
+        if noun is not None and noun > 0 and w[noun - 1] in world.COLOUR_NAMES:
+            fg = 1 + world.COLOUR_NAMES.index(w[noun - 1])
+        if "background" in w:
+            b = w.index("background")
+            if b > 0 and w[b - 1] in world.COLOUR_NAMES:
+                bg = 1 + world.COLOUR_NAMES.index(w[b - 1])
+        return fg, 0 if noun is None else 1 + cls.NOUNS.index(w[noun]), bg
+
+    def loss(self, hidden, ids, captions):
+        """hidden: [B, 77, W] text encoder output; ids: [B, 77] token ids."""
+        lab = torch.tensor([self.labels(c) for c in captions], dtype=torch.int64)      # [B, 3]
+        eos = (ids == TE_CFG["eos_token_id"]).int().argmax(dim=1)                     # first end token
+        mask = torch.arange(CTX).unsqueeze(0) >= eos.unsqueeze(1)                     # [B, 77]
+        h = hidden[mask]                                                               # [M, W]
+        rows = mask.sum(1)
+        total = 0.0
+        for k, head in enumerate((self.fg, self.noun, self.bg)):
+            total = total + torch.nn.functional.cross_entropy(head(h), lab[:, k].repeat_interleave(rows))
+        return total
+
+
 def betas():
     return torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
 
 
 @torch.no_grad()
 def ema_update(ema, model, decay):
-    for pe, p in zip(ema.parameters(), model.parameters()):
-        pe.mul_(decay).add_(p.detach(), alpha=1 - decay)
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1 - decay)
 
 
 def ldm_state(te, unet, vae):
@@ -243,6 +283,10 @@ def main():
     ap.add_argument("--embed-scale", type=float, default=1.0, help="scale the world's token rows at the start")
     ap.add_argument("--te-lr", type=float, default=None, help="text encoder learning rate (default: --lr)")
     ap.add_argument("--save-minutes", type=float, default=4.0)
+    ap.add_argument("--probe-weight", type=float, default=0.0,
+                    help="weight of the caption-probe loss on the text encoder (see CaptionProbe)")
+    ap.add_argument("--probe-steps", type=int, default=0,
+                    help="train the text encoder on the probe loss alone for this many steps first")
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
@@ -308,8 +352,26 @@ def main():
         p.requires_grad_(False)
     params = list(te.parameters()) + list(unet.parameters())
     te_lr = a.te_lr or a.lr
-    opt = torch.optim.AdamW([{"params": list(te.parameters()), "base": te_lr},
-                             {"params": list(unet.parameters()), "base": a.lr}], lr=a.lr, weight_decay=0.0)
+    groups = [{"params": list(te.parameters()), "base": te_lr},
+              {"params": list(unet.parameters()), "base": a.lr}]
+    probe = None
+    if a.probe_weight > 0 or a.probe_steps > 0:
+        torch.manual_seed(a.seed + 20)
+        probe = CaptionProbe(TE_CFG["hidden_size"])
+        groups.append({"params": list(probe.parameters()), "base": te_lr})
+        params += list(probe.parameters())
+        popt = torch.optim.AdamW(list(te.parameters()) + list(probe.parameters()), lr=te_lr, weight_decay=0.0)
+        for step in range(a.probe_steps):
+            caps = [cap_world.caption(scenes[i]) for i in torch.randint(0, len(scenes), (256,), generator=g)]
+            ids = tokens(caps)
+            loss = probe.loss(te(ids)[0], ids, caps)
+            popt.zero_grad(set_to_none=True)
+            loss.backward()
+            popt.step()
+            if step % 50 == 0 or step == a.probe_steps - 1:
+                log(f"probe step {step} loss {loss.item():.4f}")
+        te_ema.load_state_dict(te.state_dict())
+    opt = torch.optim.AdamW(groups, lr=a.lr, weight_decay=0.0, fused=True)
     ab = torch.cumprod(1 - betas(), 0).float()
     meta = {"format": "pt",
             "generator": "tools/toyworld/train.py " + " ".join(sys.argv[1:]),
@@ -339,20 +401,22 @@ def main():
         pos += a.batch
         x0 = lat[idx]
         caps = [cap_world.caption(scenes[i]) for i in idx.tolist()]
-        ctx = te(tokens(caps))[0]
+        ids = tokens(caps)
+        ctx = te(ids)[0]
         t = torch.randint(0, 1000, (a.batch,), generator=g)
         eps = torch.randn(x0.shape, generator=g)
         at = ab[t].view(-1, 1, 1, 1)
         xt = at.sqrt() * x0 + (1 - at).sqrt() * eps
         pred = unet(xt, t, encoder_hidden_states=ctx).sample
         loss = torch.mean((pred - eps) ** 2)
+        ploss = probe.loss(ctx, ids, caps) if probe is not None and a.probe_weight > 0 else None
         # warm-up, then a cosine decay to 10% over the time budget (the run is time-bounded)
         frac = min(1.0, (time.time() - t0) / (a.minutes * 60))
         lr = min(1.0, (step + 1) / a.warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * frac)))
         for grp in opt.param_groups:
             grp["lr"] = grp["base"] * lr
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if ploss is None else loss + a.probe_weight * ploss).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         d = min(a.ema, (1 + step) / (10 + step))
@@ -362,7 +426,8 @@ def main():
         smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
         elapsed = time.time() - t0
         if step % 20 == 0:
-            log(f"step {step} loss {loss.item():.4f} smooth {smooth:.4f} ({elapsed / step:.2f}s/step)")
+            pl = "" if ploss is None else f" probe {ploss.item():.4f}"
+            log(f"step {step} loss {loss.item():.4f} smooth {smooth:.4f}{pl} ({elapsed / step:.2f}s/step)")
         done = step >= a.steps or elapsed > a.minutes * 60
         if done or time.time() - last_save > a.save_minutes * 60:
             meta["steps"] = str(step)
