@@ -19,6 +19,7 @@
 #include "error.h"
 
 #include <cblas.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,25 +27,67 @@
 #define CHUNK_FLOATS ((int64_t)1 << 23)
 
 /*
- * The filter transform as one GEMM over every filter at once:
- * U[xi][p] = sum_k C[xi][k] w[p][k], p = (o, i) for a forward filter bank
- * [Co, Ci, 3, 3] and p = (i, o) for a transposed one [Ci, Co, 3, 3], with
- * C[4r + c][3a + b] = G[r][a] G[c][b] (taps flipped for the transposed case).
- * The coefficients are 0, 1/4, 1/2 and 1, so C w rounds like a sum of 9 terms.
+ * U[xi][o][i] = (G g G^T)[xi] for the filter g from input i to output o.
+ * Per output channel, the taps of its Ci filters are first gathered into
+ * nine rows of Ci floats, so that the transform runs along i in vector
+ * registers (and, for a transposed bank, the flip is a matter of which tap
+ * goes into which row).
  */
-static void transform_filters(float *U, const float *w, int64_t Ci, int64_t Co, int transposed)
+static int transform_filters(float *U, const float *w, int64_t Ci, int64_t Co, int transposed)
 {
-    static const float G[4][3] = {{1, 0, 0}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f}, {0, 0, 1}};
-    float C[16][9];
-    for (int r = 0; r < 4; r++)
-        for (int c = 0; c < 4; c++)
-            for (int a = 0; a < 3; a++)
-                for (int b = 0; b < 3; b++) {
-                    int ta = transposed ? 2 - a : a, tb = transposed ? 2 - b : b;
-                    C[r * 4 + c][3 * a + b] = G[r][ta] * G[c][tb];
+    int failed = 0;
+#pragma omp parallel
+    {
+        float *g = malloc((size_t)(21 * Ci) * sizeof(float));   /* 9 tap rows, 12 of T */
+        if (!g) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for
+        for (int64_t o = 0; o < Co; o++) {
+            if (!g)
+                continue;
+            /* Row k holds tap k of every filter (tap 8 - k, flipped, for a
+             * transposed bank); rows are written in order, reads stride. */
+            const float *f = transposed ? w + o * 9 : w + o * Ci * 9;
+            int64_t step = transposed ? Co * 9 : 9;
+            for (int k = 0; k < 9; k++) {
+                const float *src = f + (transposed ? 8 - k : k);
+                float *row = g + k * Ci;
+                for (int64_t i = 0; i < Ci; i++)
+                    row[i] = src[i * step];
+            }
+            /* T = G g (12 rows: T[r][b], row r of G, column b of the taps),
+             * then U[4r + c] = (T G^T)[r][c], four output rows at a time. */
+            float *T = g + 9 * Ci;
+            for (int b = 0; b < 3; b++) {
+                const float *g0 = g + b * Ci, *g1 = g + (3 + b) * Ci, *g2 = g + (6 + b) * Ci;
+                float *t0 = T + b * Ci, *t1 = T + (3 + b) * Ci, *t2 = T + (6 + b) * Ci;
+                float *t3 = T + (9 + b) * Ci;
+#pragma omp simd
+                for (int64_t i = 0; i < Ci; i++) {
+                    t0[i] = g0[i];
+                    t1[i] = 0.5f * (g0[i] + g1[i] + g2[i]);
+                    t2[i] = 0.5f * (g0[i] - g1[i] + g2[i]);
+                    t3[i] = g2[i];
                 }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, 16, (int)(Ci * Co), 9, 1.0f, &C[0][0],
-                9, w, 9, 0.0f, U, (int)(Ci * Co));
+            }
+            for (int r = 0; r < 4; r++) {
+                const float *a = T + 3 * r * Ci, *b = a + Ci, *c = b + Ci;
+                float *u0 = U + ((4 * r) * Co + o) * Ci, *u1 = u0 + Co * Ci;
+                float *u2 = u1 + Co * Ci, *u3 = u2 + Co * Ci;
+#pragma omp simd
+                for (int64_t i = 0; i < Ci; i++) {
+                    u0[i] = a[i];
+                    u1[i] = 0.5f * (a[i] + b[i] + c[i]);
+                    u2[i] = 0.5f * (a[i] - b[i] + c[i]);
+                    u3[i] = c[i];
+                }
+            }
+        }
+        free(g);
+    }
+    return failed ? COIN_ENOMEM : 0;
 }
 
 /*
@@ -125,6 +168,43 @@ static void transform_output(float *y, const float *M, const float *bias, int64_
         }
 }
 
+/*
+ * The scratch of the last call, kept for the next one: the transformed
+ * filters of a 1280-channel layer are 105 MB, and a fresh allocation that
+ * size costs more in page faults than the transform itself.  A call that
+ * finds the scratch in use by another thread allocates its own.
+ */
+static pthread_mutex_t scratch_lock = PTHREAD_MUTEX_INITIALIZER;
+static float *scratch;
+static size_t scratch_floats;
+
+/* Returns a buffer of n floats and whether it is the shared scratch (locked). */
+static float *scratch_get(size_t n, int *shared)
+{
+    *shared = pthread_mutex_trylock(&scratch_lock) == 0;
+    if (!*shared)
+        return malloc(n * sizeof(float));
+    if (scratch_floats < n) {
+        free(scratch);
+        scratch = malloc(n * sizeof(float));
+        scratch_floats = scratch ? n : 0;
+    }
+    if (!scratch) {
+        pthread_mutex_unlock(&scratch_lock);
+        *shared = 0;
+        return NULL;
+    }
+    return scratch;
+}
+
+static void scratch_put(float *buf, int shared)
+{
+    if (shared)
+        pthread_mutex_unlock(&scratch_lock);
+    else
+        free(buf);
+}
+
 int winograd_conv3x3(float *y, const float *x, const float *w, const float *bias,
                      int64_t B, int64_t Ci, int64_t Co, int64_t H, int64_t W, int transposed)
 {
@@ -136,30 +216,26 @@ int winograd_conv3x3(float *y, const float *x, const float *w, const float *bias
         chunk_rows = 1;
     if (chunk_rows > tile_rows)
         chunk_rows = tile_rows;
-    float *U = malloc((size_t)(16 * Ci * Co) * sizeof(float));
-    float *V = malloc((size_t)(16 * Ci * chunk_rows * tw) * sizeof(float));
-    float *M = malloc((size_t)(16 * Co * chunk_rows * tw) * sizeof(float));
-    if (!U || !V || !M) {
-        free(U);
-        free(V);
-        free(M);
+    int shared;
+    size_t nu = (size_t)(16 * Ci * Co), nv = (size_t)(16 * Ci * chunk_rows * tw);
+    float *U = scratch_get(nu + nv + (size_t)(16 * Co * chunk_rows * tw), &shared);
+    if (!U)
+        return COIN_ENOMEM;
+    float *V = U + nu, *M = V + nv;
+    if (transform_filters(U, w, Ci, Co, transposed)) {
+        scratch_put(U, shared);
         return COIN_ENOMEM;
     }
-    transform_filters(U, w, Ci, Co, transposed);
     for (int64_t r0 = 0; r0 < tile_rows; r0 += chunk_rows) {
         int64_t nrows = tile_rows - r0 < chunk_rows ? tile_rows - r0 : chunk_rows;
         int64_t nt = nrows * tw;
         transform_input(V, x, Ci, H, W, th, tw, r0, nrows);
         for (int xi = 0; xi < 16; xi++)
-            /* U[xi] is [Co, Ci], or [Ci, Co] for a transposed bank. */
-            cblas_sgemm(CblasRowMajor, transposed ? CblasTrans : CblasNoTrans, CblasNoTrans,
-                        (int)Co, (int)nt, (int)Ci, 1.0f, U + xi * Co * Ci,
-                        transposed ? (int)Co : (int)Ci, V + xi * Ci * nt, (int)nt, 0.0f,
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)Co, (int)nt, (int)Ci,
+                        1.0f, U + xi * Co * Ci, (int)Ci, V + xi * Ci * nt, (int)nt, 0.0f,
                         M + xi * Co * nt, (int)nt);
         transform_output(y, M, bias, Co, H, W, th, tw, r0, nrows);
     }
-    free(U);
-    free(V);
-    free(M);
+    scratch_put(U, shared);
     return 0;
 }

@@ -31,9 +31,13 @@
  * bank [Co, Ci, 3, 3]; with transposed == 1, w is [Ci, Co, 3, 3], the filters
  * of a convolution from Co to Ci channels, and y is that convolution's input
  * gradient for the output gradient x (taps flipped, channels swapped).
- * bias may be NULL.  y must not overlap x.  Returns 0, or COIN_ENOMEM when a
- * scratch buffer (at most about 16 (Ci + Co) 4096 floats plus the
- * transformed filters, 16 Ci Co floats) cannot be allocated.
+ * bias may be NULL.  y must not overlap x.  Returns 0, or COIN_ENOMEM when
+ * the scratch (the transformed filters, 16 Ci Co floats, and at most 2^23
+ * floats of transformed tiles) cannot be allocated.  The scratch of the
+ * largest call so far is kept for the next one (a fresh 100 MB allocation
+ * costs more in page faults than the filter transform); a call made while
+ * another thread holds it allocates its own.  Safe to call from several
+ * threads at once.
  */
 int winograd_conv3x3(float *y, const float *x, const float *w, const float *bias,
                      int64_t B, int64_t Ci, int64_t Co, int64_t H, int64_t W, int transposed);

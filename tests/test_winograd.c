@@ -7,6 +7,7 @@
 #include <float.h>
 #include <math.h>
 #include <omp.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -148,4 +149,48 @@ TEST(winograd_conv3x3_is_bit_identical_across_thread_counts)
     free(b);
     free(y1);
     free(y2);
+}
+
+typedef struct conv_job {
+    const float *x, *w, *b;
+    float *y;
+    int rc;
+} conv_job;
+
+enum { JOB_B = 2, JOB_CI = 24, JOB_CO = 16, JOB_H = 20, JOB_W = 18 };
+
+static void *run_conv(void *arg)
+{
+    conv_job *j = arg;
+    for (int rep = 0; rep < 20 && !j->rc; rep++)
+        j->rc = winograd_conv3x3(j->y, j->x, j->w, j->b, JOB_B, JOB_CI, JOB_CO, JOB_H, JOB_W, 0);
+    return NULL;
+}
+
+TEST(winograd_conv3x3_from_two_threads_at_once)
+{
+    /* One thread holds the shared scratch while the other allocates its own;
+     * both must still get the single-threaded answer. */
+    int64_t nx = JOB_B * JOB_CI * JOB_H * JOB_W, ny = JOB_B * JOB_CO * JOB_H * JOB_W;
+    float *x = filled(nx, 41), *w = filled(JOB_CO * JOB_CI * 9, 42), *b = filled(JOB_CO, 43);
+    float *want = malloc(sizeof(float) * (size_t)ny);
+    conv_job jobs[2];
+    REQUIRE(want);
+    REQUIRE(winograd_conv3x3(want, x, w, b, JOB_B, JOB_CI, JOB_CO, JOB_H, JOB_W, 0) == 0);
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++) {
+        jobs[i] = (conv_job){x, w, b, malloc(sizeof(float) * (size_t)ny), 0};
+        REQUIRE(jobs[i].y);
+        REQUIRE(pthread_create(&th[i], NULL, run_conv, &jobs[i]) == 0);
+    }
+    for (int i = 0; i < 2; i++) {
+        pthread_join(th[i], NULL);
+        CHECK_EQ_INT(jobs[i].rc, 0);
+        CHECK(memcmp(jobs[i].y, want, sizeof(float) * (size_t)ny) == 0);
+        free(jobs[i].y);
+    }
+    free(x);
+    free(w);
+    free(b);
+    free(want);
 }
