@@ -238,15 +238,16 @@ __attribute__((target("avx512f"))) static inline __m512 exp16(__m512 x)
     return _mm512_scalef_ps(p, n);
 }
 
-__attribute__((target("avx512f"))) static void quick_gelu_avx512(float *out, const float *in,
-                                                                 int64_t n)
+/* out = x sigmoid(k x): quick_gelu with k = 1.702, SiLU with k = 1. */
+__attribute__((target("avx512f"))) static void x_sigmoid_avx512(float *out, const float *in,
+                                                                int64_t n, float k)
 {
     int64_t blocks = (n + 15) / 16;
 #pragma omp parallel for if (n > 65536)
     for (int64_t i = 0; i < blocks; i++) {
         __mmask16 m = tail_mask(n - i * 16);
         __m512 x = _mm512_maskz_loadu_ps(m, in + i * 16);
-        __m512 e = exp16(_mm512_mul_ps(x, _mm512_set1_ps(-1.702f)));
+        __m512 e = exp16(_mm512_mul_ps(x, _mm512_set1_ps(-k)));
         _mm512_mask_storeu_ps(out + i * 16, m,
                               _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e)));
     }
@@ -357,7 +358,7 @@ static int cpu_quick_gelu(tensor *y, const tensor *x)
     const float *in = CF(x);
 #ifdef HAVE_AVX512_PATHS
     if (have_avx512()) {
-        quick_gelu_avx512(out, in, y->n);
+        x_sigmoid_avx512(out, in, y->n, 1.702f);
         return 0;
     }
 #endif
@@ -562,12 +563,103 @@ static int attention_blocks(tensor *o, const tensor *q, const tensor *k,
     return failed ? COIN_ENOMEM : 0;
 }
 
+/*
+ * attention_blocks with coin's packed-weight kernel (gemm.c) in place of
+ * OpenBLAS, where the CPU has AVX-512.  Each (batch, head)'s keys K_h
+ * [S, hd] and values, as V_h^T [hdv, S], are packed once, before any block;
+ * OpenBLAS instead re-packs K_h for every block of query rows and packs
+ * every block's whole probability matrix P [rows, S] again before P V,
+ * a copy as large as P itself.  A block then costs two kernel calls and the
+ * softmax.  The queries are scaled by 1/sqrt(hd) as they are copied.
+ * Returns 1 when it could not pack (out of memory): the caller falls back.
+ */
+static int attention_packed(tensor *o, const tensor *q, const tensor *k, const tensor *v,
+                            int heads, int causal)
+{
+    int64_t B = q->shape[0], T = q->shape[1], S = k->shape[1];
+    int64_t C = q->shape[2], Cv = v->shape[2];
+    int64_t hd = C / heads, hdv = Cv / heads, BH = B * heads;
+    int64_t rows = ATTN_BLOCK_FLOATS / S;
+    if (rows < 1)
+        rows = 1;
+    if (rows > T)
+        rows = T;
+    int64_t blocks = (T + rows - 1) / rows, tasks = BH * blocks;
+    float scale = 1.0f / sqrtf((float)hd);
+    gemm_packed **kp = calloc((size_t)(2 * BH), sizeof *kp), **vp = kp + BH;
+    if (!kp)
+        return 1;
+    int failed = 0;
+#pragma omp parallel
+    {
+        int64_t tmp_floats = S * (hd > hdv ? hd : hdv);
+        float *tmp = malloc((size_t)tmp_floats * sizeof(float));
+#pragma omp for schedule(dynamic)
+        for (int64_t bh = 0; bh < BH; bh++) {
+            int64_t b = bh / heads, h = bh % heads;
+            if (!tmp)
+                continue;
+            for (int64_t j = 0; j < S; j++)
+                memcpy(tmp + j * hd, CF(k) + (b * S + j) * C + h * hd, (size_t)hd * sizeof(float));
+            kp[bh] = gemm_pack(tmp, S, hd);
+            for (int64_t j = 0; j < S; j++)
+                for (int64_t d = 0; d < hdv; d++)
+                    tmp[d * S + j] = CF(v)[(b * S + j) * Cv + h * hdv + d];
+            vp[bh] = gemm_pack(tmp, hdv, S);
+        }
+        free(tmp);
+        for (int64_t bh = 0; bh < BH; bh++)
+            if (!kp[bh] || !vp[bh]) {
+#pragma omp atomic write
+                failed = 1;
+            }
+#pragma omp barrier
+        float *qb = malloc((size_t)(rows * (hd + S + hdv)) * sizeof(float));
+        float *score = qb ? qb + rows * hd : NULL, *ob = qb ? score + rows * S : NULL;
+        if (!qb) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(dynamic)
+        for (int64_t task = 0; task < tasks; task++) {
+            if (!qb || failed)
+                continue;
+            int64_t bh = task / blocks, b = bh / heads, h = bh % heads;
+            int64_t i0 = task % blocks * rows, n = T - i0 < rows ? T - i0 : rows;
+            for (int64_t r = 0; r < n; r++) {
+                const float *src = CF(q) + (b * T + i0 + r) * C + h * hd;
+                for (int64_t d = 0; d < hd; d++)
+                    qb[r * hd + d] = src[d] * scale;
+            }
+            gemm_packed_linear(score, qb, kp[bh], NULL, n);
+            for (int64_t r = 0; r < n; r++) {
+                float *row = score + r * S;
+                int64_t keys = causal ? i0 + r + 1 : S;
+                softmax_row(row, keys);
+                for (int64_t j = keys; j < S; j++)
+                    row[j] = 0.0f;
+            }
+            gemm_packed_linear(ob, score, vp[bh], NULL, n);
+            for (int64_t r = 0; r < n; r++)
+                memcpy(F(o) + (b * T + i0 + r) * Cv + h * hdv, ob + r * hdv,
+                       (size_t)hdv * sizeof(float));
+        }
+        free(qb);
+    }
+    for (int64_t bh = 0; bh < 2 * BH; bh++)
+        gemm_packed_free(kp[bh]);
+    free(kp);
+    return failed;
+}
+
 static int cpu_attention(tensor *o, const tensor *q, const tensor *k,
                          const tensor *v, int heads, int causal)
 {
     /* Below this many scores per head GEMM set-up costs more than it saves. */
     if (q->shape[1] * k->shape[1] <= 128 * 128)
         return attention_rows(o, q, k, v, heads, causal);
+    if (have_avx512() && !attention_packed(o, q, k, v, heads, causal))
+        return 0;
     return attention_blocks(o, q, k, v, heads, causal);
 }
 
@@ -682,6 +774,12 @@ static int cpu_silu(tensor *y, const tensor *x)
 {
     float *out = F(y);
     const float *in = CF(x);
+#ifdef HAVE_AVX512_PATHS
+    if (have_avx512()) {
+        x_sigmoid_avx512(out, in, y->n, 1.0f);
+        return 0;
+    }
+#endif
 #pragma omp parallel for if (y->n > 65536)
     for (int64_t i = 0; i < y->n; i++)
         out[i] = in[i] / (1.0f + expf(-in[i]));

@@ -124,13 +124,15 @@ def diffusers_steps(n, checkpointing, threads):
 
 
 def coin_time(coin, steps, checkpointing, threads, out):
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    cmd = [coin, "train", "--model", PIPE, "--images", IMAGES, "--token", "<tbench>", "--init", "hand",
+    # --foreground: the training runs in this process, so /usr/bin/time sees its memory (a
+    # queued job would run in a detached worker); a private COIN_HOME keeps the user's ledger clean.
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), COIN_HOME=out + "-home")
+    cmd = [coin, "train", "--foreground", "--model", PIPE, "--images", IMAGES, "--token", "<tbench>", "--init", "hand",
            "--steps", str(steps), "--batch", "1", "--resolution", "512", "--previews", "0",
            "--save-every", "1000", "--out", out]
     if checkpointing:
         cmd.append("--grad-checkpointing")
-    subprocess.run(["rm", "-rf", out], check=True)
+    subprocess.run(["rm", "-rf", out, out + "-home"], check=True)
     t0 = time.perf_counter()
     r = subprocess.run(["/usr/bin/time", "-f", "%M"] + cmd, env=env, capture_output=True, text=True)
     if r.returncode:
