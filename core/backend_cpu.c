@@ -14,6 +14,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,14 +32,87 @@ static __mmask16 tail_mask(int64_t left)
 #define F(t) ((float *)(t)->mem)
 #define CF(t) ((const float *)(t)->mem)
 
-static void *cpu_alloc(size_t bytes)
+/*
+ * Tensor memory.  A UNet step or a training step allocates and frees the
+ * same large activations every time; fresh large blocks come from mmap, and
+ * the kernel zeroes every page of them on first touch (6-7% of a training
+ * step went to clear_page).  So freed blocks of at least CACHE_MIN_BYTES
+ * are kept, up to CACHE_MAX_BYTES in all, and an allocation of exactly the
+ * same size takes one back.  A failed allocation empties the cache and
+ * tries again, so the cache never makes a model fail to fit.
+ * Each block carries its size in a 64-byte header (the alignment AVX-512
+ * loads and OpenBLAS's packing like).
+ */
+#define CACHE_MIN_BYTES ((size_t)1 << 18)
+#define CACHE_MAX_BYTES ((size_t)1 << 30)
+#define CACHE_SLOTS 256
+#define HEADER 64
+
+static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    void *raw;
+    size_t bytes;
+} cache[CACHE_SLOTS];
+static int cache_used;
+static size_t cache_bytes;
+
+static void cache_flush(void)
 {
-    /* 64-byte alignment suits AVX-512 loads and OpenBLAS's packing. */
-    size_t rounded = (bytes + 63) & ~(size_t)63;
-    return aligned_alloc(64, rounded ? rounded : 64);
+    pthread_mutex_lock(&cache_lock);
+    for (int i = 0; i < cache_used; i++)
+        free(cache[i].raw);
+    cache_used = 0;
+    cache_bytes = 0;
+    pthread_mutex_unlock(&cache_lock);
 }
 
-static void cpu_free(void *mem) { free(mem); }
+static void *cpu_alloc(size_t bytes)
+{
+    size_t rounded = bytes ? (bytes + 63) & ~(size_t)63 : 64;
+    char *raw = NULL;
+    if (rounded >= CACHE_MIN_BYTES) {
+        pthread_mutex_lock(&cache_lock);
+        for (int i = cache_used - 1; i >= 0; i--)
+            if (cache[i].bytes == rounded) {
+                raw = cache[i].raw;
+                cache_bytes -= rounded;
+                cache[i] = cache[--cache_used];
+                break;
+            }
+        pthread_mutex_unlock(&cache_lock);
+    }
+    if (!raw)
+        raw = aligned_alloc(64, rounded + HEADER);
+    if (!raw) {
+        cache_flush();
+        raw = aligned_alloc(64, rounded + HEADER);
+    }
+    if (!raw)
+        return NULL;
+    *(size_t *)raw = rounded;
+    return raw + HEADER;
+}
+
+static void cpu_free(void *mem)
+{
+    if (!mem)
+        return;
+    char *raw = (char *)mem - HEADER;
+    size_t bytes = *(size_t *)raw;
+    if (bytes >= CACHE_MIN_BYTES) {
+        pthread_mutex_lock(&cache_lock);
+        int kept = cache_used < CACHE_SLOTS && cache_bytes + bytes <= CACHE_MAX_BYTES;
+        if (kept) {
+            cache[cache_used].raw = raw;
+            cache[cache_used++].bytes = bytes;
+            cache_bytes += bytes;
+        }
+        pthread_mutex_unlock(&cache_lock);
+        if (kept)
+            return;
+    }
+    free(raw);
+}
 
 static int cpu_upload(void *dst, const float *src, size_t n)
 {
@@ -115,16 +189,16 @@ static int cpu_linear(tensor *y, const tensor *x, const tensor *w, const tensor 
             return 0;
         }
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K,
-                1.0f, CF(x), (int)K, CF(w), (int)K, 0.0f, F(y), (int)N);
+    /* The bias goes in first and the GEMM adds onto it (beta 1): one pass
+     * over y instead of OpenBLAS zeroing it and a second pass adding. */
     if (b) {
         float *out = F(y);
-        const float *bias = CF(b);
 #pragma omp parallel for if (M * N > 65536)
         for (int64_t i = 0; i < M; i++)
-            for (int64_t j = 0; j < N; j++)
-                out[i * N + j] += bias[j];
+            memcpy(out + i * N, CF(b), (size_t)N * sizeof(float));
     }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K,
+                1.0f, CF(x), (int)K, CF(w), (int)K, b ? 1.0f : 0.0f, F(y), (int)N);
     return 0;
 }
 
@@ -531,7 +605,7 @@ static int attention_blocks(tensor *o, const tensor *q, const tensor *k,
      * every small GEMM across the cores. */
 #pragma omp parallel
     {
-        float *score = malloc((size_t)(rows * S) * sizeof(float));
+        float *score = cpu_alloc((size_t)(rows * S) * sizeof(float));
         if (!score) {
 #pragma omp atomic write
             failed = 1;
@@ -558,7 +632,7 @@ static int attention_blocks(tensor *o, const tensor *q, const tensor *k,
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)hdv, (int)S,
                         1.0f, score, (int)S, vb, (int)Cv, 0.0f, ob, (int)Cv);
         }
-        free(score);
+        cpu_free(score);
     }
     return failed ? COIN_ENOMEM : 0;
 }
@@ -614,7 +688,7 @@ static int attention_packed(tensor *o, const tensor *q, const tensor *k, const t
                 failed = 1;
             }
 #pragma omp barrier
-        float *qb = malloc((size_t)(rows * (hd + S + hdv)) * sizeof(float));
+        float *qb = cpu_alloc((size_t)(rows * (hd + S + hdv)) * sizeof(float));
         float *score = qb ? qb + rows * hd : NULL, *ob = qb ? score + rows * S : NULL;
         if (!qb) {
 #pragma omp atomic write
@@ -644,7 +718,7 @@ static int attention_packed(tensor *o, const tensor *q, const tensor *k, const t
                 memcpy(F(o) + (b * T + i0 + r) * Cv + h * hdv, ob + r * hdv,
                        (size_t)hdv * sizeof(float));
         }
-        free(qb);
+        cpu_free(qb);
     }
     for (int64_t bh = 0; bh < 2 * BH; bh++)
         gemm_packed_free(kp[bh]);
@@ -700,7 +774,7 @@ static int cpu_conv2d(tensor *y, const tensor *x, const tensor *w, const tensor 
         band = 1;
     if (band > Ho)
         band = Ho;
-    float *cols = pointwise ? NULL : malloc((size_t)(K * band * Wo) * sizeof(float));
+    float *cols = pointwise ? NULL : cpu_alloc((size_t)(K * band * Wo) * sizeof(float));
     if (!pointwise && !cols)
         return COIN_ENOMEM;
     for (int64_t n = 0; n < B; n++) {
@@ -730,7 +804,7 @@ static int cpu_conv2d(tensor *y, const tensor *x, const tensor *w, const tensor 
                         1.0f, CF(w), (int)K, cols, (int)width, 0.0f, yn + r0 * Wo, (int)(Ho * Wo));
         }
     }
-    free(cols);
+    cpu_free(cols);
     if (b) {
         const float *bias = CF(b);
 #pragma omp parallel for collapse(2)
@@ -744,6 +818,57 @@ static int cpu_conv2d(tensor *y, const tensor *x, const tensor *w, const tensor 
     return 0;
 }
 
+#ifdef HAVE_AVX512_PATHS
+/* mean and variance of in[0..n), summed in double as the scalar loop does
+ * (eight double lanes per half-vector, added up at the end). */
+__attribute__((target("avx512f"))) static void moments_avx512(const float *in, int64_t n,
+                                                              double *mean, double *var)
+{
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+    for (int64_t i = 0; i < n; i += 16) {
+        __m512 v = _mm512_maskz_loadu_ps(tail_mask(n - i), in + i);
+        s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
+        s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(
+                                   _mm512_castps_pd(v), 1))));
+    }
+    double m = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1)) / (double)n;
+    __m512d vm = _mm512_set1_pd(m);
+    s0 = s1 = _mm512_setzero_pd();
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 k = tail_mask(n - i);
+        __m512 v = _mm512_maskz_loadu_ps(k, in + i);
+        __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+        __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+        /* masked-off lanes hold 0, whose deviation must not count */
+        lo = _mm512_maskz_sub_pd((__mmask8)k, lo, vm);
+        hi = _mm512_maskz_sub_pd((__mmask8)(k >> 8), hi, vm);
+        s0 = _mm512_fmadd_pd(lo, lo, s0);
+        s1 = _mm512_fmadd_pd(hi, hi, s1);
+    }
+    *mean = m;
+    *var = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1)) / (double)n;
+}
+
+/* out = (float)(in - mean) * a + sh over n floats. */
+__attribute__((target("avx512f"))) static void norm_apply_avx512(float *out, const float *in,
+                                                                 int64_t n, double mean,
+                                                                 float a, float sh)
+{
+    __m512d vm = _mm512_set1_pd(mean);
+    __m512 va = _mm512_set1_ps(a), vs = _mm512_set1_ps(sh);
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 k = tail_mask(n - i);
+        __m512 v = _mm512_maskz_loadu_ps(k, in + i);
+        __m256 lo = _mm512_cvtpd_ps(_mm512_sub_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(v)), vm));
+        __m256 hi = _mm512_cvtpd_ps(_mm512_sub_pd(
+            _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))), vm));
+        __m512 d = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(lo)),
+                                                       _mm256_castps_pd(hi), 1));
+        _mm512_mask_storeu_ps(out + i, k, _mm512_fmadd_ps(d, va, vs));
+    }
+}
+#endif
+
 static int cpu_group_norm(tensor *y, const tensor *x, const tensor *g,
                           const tensor *b, int groups, float eps)
 {
@@ -754,6 +879,17 @@ static int cpu_group_norm(tensor *y, const tensor *x, const tensor *g,
         for (int64_t grp = 0; grp < groups; grp++) {
             const float *in = CF(x) + (n * C + grp * cg) * S;
             float *out = F(y) + (n * C + grp * cg) * S;
+#ifdef HAVE_AVX512_PATHS
+            if (have_avx512()) {
+                double mean, var;
+                moments_avx512(in, cg * S, &mean, &var);
+                float inv = (float)(1.0 / sqrt(var + eps));
+                for (int64_t c = 0; c < cg; c++)
+                    norm_apply_avx512(out + c * S, in + c * S, S, mean,
+                                      inv * gamma[grp * cg + c], beta[grp * cg + c]);
+                continue;
+            }
+#endif
             double sum = 0, sq = 0;
             for (int64_t i = 0; i < cg * S; i++)
                 sum += in[i];
@@ -1048,11 +1184,11 @@ static int cpu_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tens
         rows = 1;
     if (rows > T)
         rows = T;
-    float *p = malloc((size_t)(rows * S) * sizeof(float));
-    float *dp = malloc((size_t)(rows * S) * sizeof(float));
+    float *p = cpu_alloc((size_t)(rows * S) * sizeof(float));
+    float *dp = cpu_alloc((size_t)(rows * S) * sizeof(float));
     if (!p || !dp) {
-        free(p);
-        free(dp);
+        cpu_free(p);
+        cpu_free(dp);
         return COIN_ENOMEM;
     }
     float scale = 1.0f / sqrtf((float)hd);
@@ -1094,8 +1230,8 @@ static int cpu_attention_backward(tensor *dq, tensor *dk, tensor *dv, const tens
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)keys, (int)hd,
                             (int)n, 1.0f, dp, (int)keys, qb, (int)C, 1.0f, dkb, (int)C);
             }
-    free(p);
-    free(dp);
+    cpu_free(p);
+    cpu_free(dp);
     return 0;
 }
 
@@ -1133,7 +1269,7 @@ static int cpu_conv2d_backward_input(tensor *dx, const tensor *dy, const tensor 
         band = 1;
     if (band > Ho)
         band = Ho;
-    float *cols = malloc((size_t)(K * band * Wo) * sizeof(float));
+    float *cols = cpu_alloc((size_t)(K * band * Wo) * sizeof(float));
     if (!cols)
         return COIN_ENOMEM;
     /* Pixels no tap reads (stride 2 past the last window) get no gradient. */
@@ -1165,7 +1301,7 @@ static int cpu_conv2d_backward_input(tensor *dx, const tensor *dy, const tensor 
                     }
         }
     }
-    free(cols);
+    cpu_free(cols);
     return 0;
 }
 
