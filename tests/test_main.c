@@ -50,7 +50,7 @@ int test_has_failed(void) { return current_failed > 0; }
 
 const char *test_tmpdir(void)
 {
-    static char dir[600];
+    char dir[600];
     if (!tmp_root[0]) {
         const char *base = getenv("TMPDIR");
         snprintf(tmp_root, sizeof tmp_root, "%s/coin-tests-XXXXXX",
@@ -67,7 +67,14 @@ const char *test_tmpdir(void)
         perror("mkdir");
         exit(2);
     }
-    return dir;
+    /* A copy per call: a test keeps its folder's name while helpers it calls
+     * (test_cli.c's run() makes its COIN_HOME on first use) ask for more. */
+    char *copy = strdup(dir);
+    if (!copy) {
+        perror("strdup");
+        exit(2);
+    }
+    return copy;
 }
 
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
