@@ -176,3 +176,31 @@ TEST(gemm_backend_repacks_a_changed_weight)
     CHECK(w.derived == NULL);
     free(hx), free(hw), free(hb), free(hx2);
 }
+
+TEST(cpu_backend_reuses_freed_large_blocks)
+{
+    /* A freed block of a UNet activation's size comes back for the next
+     * allocation of that size (no fresh pages to fault in), aligned and
+     * whole; small blocks and other sizes get their own memory. */
+    const coin_backend *be = backend_cpu();
+    size_t big = (size_t)3 << 20;
+    float *a = be->alloc(big);
+    REQUIRE(a);
+    CHECK(((uintptr_t)a & 63) == 0);
+    memset(a, 0x5a, big);
+    be->free(a);
+    float *b = be->alloc(big);
+    REQUIRE(b);
+    CHECK(b == a);
+    memset(b, 0, big);   /* the whole block is still ours */
+    float *c = be->alloc(big + 4096);
+    REQUIRE(c);
+    CHECK(c != b && ((uintptr_t)c & 63) == 0);
+    be->free(c);
+    be->free(b);
+    float *s = be->alloc(100);
+    REQUIRE(s);
+    CHECK(((uintptr_t)s & 63) == 0);
+    be->free(s);
+    be->free(NULL);
+}
