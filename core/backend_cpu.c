@@ -3,8 +3,10 @@
  * checked against.
  *
  * Plain C over host memory, OpenMP across rows, GEMMs through OpenBLAS,
- * except linear layers with few rows, which use coin's packed-weight kernel
- * (gemm.c) where the CPU has AVX-512.
+ * except linear layers with few rows and long self-attention, which use
+ * coin's packed-weight kernel (gemm.c) where the CPU has AVX-512; 3x3
+ * convolutions go through Winograd's F(2x2, 3x3) (winograd.c), whose GEMMs
+ * are OpenBLAS's.
  * LayerNorm and GroupNorm statistics are accumulated in double; no sum is
  * ever split across threads, so results do not depend on the thread count.
  */

@@ -22,7 +22,10 @@ first; the learning rate follows a cosine over that time budget. --init-from con
 checkpoint this script wrote (fresh optimizer; the VAE from OUT/vae.pt with --reuse-vae, else
 from the file); --te-lr gives the text encoder its own learning rate; --embed-scale multiplies
 the token rows of the world's words at the start (a from-scratch text encoder whose output
-hardly depends on the caption otherwise learns the conditioning very slowly).
+hardly depends on the caption otherwise learns the conditioning very slowly); --probe-steps and
+--probe-weight train the text encoder, first alone and then alongside the diffusion loss, to say
+which colour, noun and background its caption asks for (see CaptionProbe): with it the model
+learnt to follow prompts in an hour, where the diffusion loss alone had not in two.
 
 Exact commands of the shipped model: assets/toy/MODEL_CARD.md. The simplest run (repo root):
     /work/main/tools/reference/.venv/bin/python tools/toyworld/train.py --out build/toy
