@@ -46,7 +46,7 @@ static __mmask16 tail_mask(int64_t left)
  * loads and OpenBLAS's packing like).
  */
 #define CACHE_MIN_BYTES ((size_t)1 << 18)
-#define CACHE_MAX_BYTES ((size_t)1 << 30)
+#define CACHE_MAX_BYTES ((size_t)1 << 28)   /* 256 MiB */
 #define CACHE_SLOTS 256
 #define HEADER 64
 
