@@ -579,6 +579,19 @@ static int cpu_embed(tensor *y, const tensor *table, const int32_t *ids,
     return 0;
 }
 
+/* Each of the n score rows [S] of queries i0.. becomes its softmax; with
+ * causal, over the keys up to the query's own position, the rest zeroed. */
+static void softmax_block(float *score, int64_t n, int64_t S, int64_t i0, int causal)
+{
+    for (int64_t r = 0; r < n; r++) {
+        float *row = score + r * S;
+        int64_t keys = causal ? i0 + r + 1 : S;
+        softmax_row(row, keys);
+        for (int64_t j = keys; j < S; j++)
+            row[j] = 0.0f;
+    }
+}
+
 /*
  * Long sequences (UNet self-attention over 4096+ positions): blocks of query
  * rows per (batch, head), scores = Q K^T and out = P V as GEMMs.  A block's
@@ -624,13 +637,7 @@ static int attention_blocks(tensor *o, const tensor *q, const tensor *k,
             float *ob = F(o) + (b * T + i0) * Cv + h * hdv;
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)S, (int)hd,
                         scale, qb, (int)C, kb, (int)C, 0.0f, score, (int)S);
-            for (int64_t r = 0; r < n; r++) {
-                float *row = score + r * S;
-                int64_t keys = causal ? i0 + r + 1 : S;
-                softmax_row(row, keys);
-                for (int64_t j = keys; j < S; j++)
-                    row[j] = 0.0f;
-            }
+            softmax_block(score, n, S, i0, causal);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)hdv, (int)S,
                         1.0f, score, (int)S, vb, (int)Cv, 0.0f, ob, (int)Cv);
         }
@@ -708,13 +715,7 @@ static int attention_packed(tensor *o, const tensor *q, const tensor *k, const t
                     qb[r * hd + d] = src[d] * scale;
             }
             gemm_packed_linear(score, qb, kp[bh], NULL, n);
-            for (int64_t r = 0; r < n; r++) {
-                float *row = score + r * S;
-                int64_t keys = causal ? i0 + r + 1 : S;
-                softmax_row(row, keys);
-                for (int64_t j = keys; j < S; j++)
-                    row[j] = 0.0f;
-            }
+            softmax_block(score, n, S, i0, causal);
             gemm_packed_linear(ob, score, vp[bh], NULL, n);
             for (int64_t r = 0; r < n; r++)
                 memcpy(F(o) + (b * T + i0 + r) * Cv + h * hdv, ob + r * hdv,
