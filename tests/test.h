@@ -12,6 +12,7 @@
 #define COIN_TEST_H
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -25,6 +26,12 @@ void test_skip(const char *why);
 int test_has_failed(void);
 /* A fresh empty directory for this test (under $TMPDIR), removed at exit. */
 const char *test_tmpdir(void);
+/* The tests' pseudo-random numbers: a 32-bit LCG step on *state, giving a
+ * float in [-1, 1) with 16 random bits. */
+float test_frand(unsigned *state);
+/* n floats from test_frand seeded with seed, in a new malloc'd buffer (at
+ * least one float; fails the test when out of memory). */
+float *test_filled(int64_t n, unsigned seed);
 
 #define TEST(name)                                                        \
     static void name(void);                                               \

@@ -35,18 +35,12 @@
 #define FD_RTOL 1e-2
 #define FD_SAMPLES 16
 
-static float frand(unsigned *s)
-{
-    *s = *s * 1103515245u + 12345u;
-    return ((*s >> 8) & 0xffff) / 32768.0f - 1.0f;
-}
-
 /* n uniform values in [-scale, scale). */
 static float *rnd(int64_t n, unsigned seed, float scale)
 {
     float *x = malloc((size_t)(n ? n : 1) * sizeof(float));
     for (int64_t i = 0; x && i < n; i++)
-        x[i] = scale * frand(&seed);
+        x[i] = scale * test_frand(&seed);
     return x;
 }
 

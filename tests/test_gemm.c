@@ -14,22 +14,6 @@
 #include "core/tensor.h"
 #include "test.h"
 
-static float frand(unsigned *s)
-{
-    *s = *s * 1103515245u + 12345u;
-    return ((*s >> 8) & 0xffff) / 32768.0f - 1.0f;
-}
-
-static float *filled(int64_t n, unsigned seed)
-{
-    float *x = malloc(sizeof(float) * (size_t)(n ? n : 1));
-    if (!x)
-        test_failed(__FILE__, __LINE__, "out of memory");
-    for (int64_t i = 0; i < n; i++)
-        x[i] = frand(&seed);
-    return x;
-}
-
 /*
  * Checks y[M,N] against x w^T + b summed in double.  The bound is the
  * classical one for a float sum of K + 1 terms: (K + 1) u sum |terms| with u
@@ -61,7 +45,7 @@ static int matches_definition(const float *y, const float *x, const float *w,
 /* Runs the packed kernel on one shape, with and without bias. */
 static void check_shape(int64_t M, int64_t N, int64_t K)
 {
-    float *x = filled(M * K, 11), *w = filled(N * K, 12), *b = filled(N, 13);
+    float *x = test_filled(M * K, 11), *w = test_filled(N * K, 12), *b = test_filled(N, 13);
     /* One spare float past y on each side to catch stores outside it. */
     float *buf = malloc(sizeof(float) * (size_t)(M * N + 2));
     REQUIRE(buf);
@@ -109,7 +93,7 @@ TEST(gemm_packed_is_bit_identical_across_thread_counts)
     int saved = omp_get_max_threads();
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         int64_t M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
-        float *x = filled(M * K, 21), *w = filled(N * K, 22), *b = filled(N, 23);
+        float *x = test_filled(M * K, 21), *w = test_filled(N * K, 22), *b = test_filled(N, 23);
         float *y1 = malloc(sizeof(float) * (size_t)(M * N));
         float *yt = malloc(sizeof(float) * (size_t)(M * N));
         REQUIRE(y1 && yt);
@@ -141,7 +125,7 @@ TEST(gemm_backend_repacks_a_changed_weight)
     REQUIRE_OK(tensor_alloc2(&w, backend_cpu(), N, K, &err), &err);
     REQUIRE_OK(tensor_alloc1(&b, backend_cpu(), N, &err), &err);
     REQUIRE_OK(tensor_alloc2(&y, backend_cpu(), M, N, &err), &err);
-    float *hx = filled(M * K, 31), *hw = filled(N * K, 32), *hb = filled(N, 33);
+    float *hx = test_filled(M * K, 31), *hw = test_filled(N * K, 32), *hb = test_filled(N, 33);
     float hy[M * N];
     REQUIRE_OK(tensor_upload(&x, hx, M * K, &err), &err);
     REQUIRE_OK(tensor_upload(&b, hb, N, &err), &err);
@@ -166,7 +150,7 @@ TEST(gemm_backend_repacks_a_changed_weight)
     tensor x2, y2;
     REQUIRE_OK(tensor_alloc2(&x2, backend_cpu(), M, 2 * K, &err), &err);
     REQUIRE_OK(tensor_alloc2(&y2, backend_cpu(), M, N / 2, &err), &err);
-    float *hx2 = filled(M * 2 * K, 34);
+    float *hx2 = test_filled(M * 2 * K, 34);
     REQUIRE_OK(tensor_upload(&x2, hx2, M * 2 * K, &err), &err);
     REQUIRE_OK(op_linear(&y2, &x2, &w, NULL, &err), &err);
     REQUIRE_OK(tensor_download(&y2, hy, M * N / 2, &err), &err);

@@ -113,3 +113,21 @@ int main(int argc, char **argv)
         printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }
+
+float test_frand(unsigned *state)
+{
+    *state = *state * 1103515245u + 12345u;
+    return ((*state >> 8) & 0xffff) / 32768.0f - 1.0f;
+}
+
+float *test_filled(int64_t n, unsigned seed)
+{
+    float *x = malloc(sizeof(float) * (size_t)(n ? n : 1));
+    if (!x) {
+        test_failed(__FILE__, __LINE__, "out of memory");
+        exit(2);
+    }
+    for (int64_t i = 0; i < n; i++)
+        x[i] = test_frand(&seed);
+    return x;
+}

@@ -10,16 +10,10 @@
 #include "core/tensor.h"
 #include "test.h"
 
-static float frand(unsigned *s)
-{
-    *s = *s * 1103515245u + 12345u;
-    return ((*s >> 8) & 0xffff) / 32768.0f - 1.0f;
-}
-
 static void fill(float *x, int64_t n, unsigned seed)
 {
     for (int64_t i = 0; i < n; i++)
-        x[i] = frand(&seed);
+        x[i] = test_frand(&seed);
 }
 
 static float max_abs_diff(const float *a, const float *b, int64_t n)

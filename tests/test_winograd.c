@@ -15,22 +15,6 @@
 #include "core/winograd.h"
 #include "test.h"
 
-static float frand(unsigned *s)
-{
-    *s = *s * 1103515245u + 12345u;
-    return ((*s >> 8) & 0xffff) / 32768.0f - 1.0f;
-}
-
-static float *filled(int64_t n, unsigned seed)
-{
-    float *x = malloc(sizeof(float) * (size_t)(n ? n : 1));
-    if (!x)
-        test_failed(__FILE__, __LINE__, "out of memory");
-    for (int64_t i = 0; i < n; i++)
-        x[i] = frand(&seed);
-    return x;
-}
-
 /* The weight of the tap (ky, kx) from input channel i to output channel o of
  * the convolution being computed (the flipped, transposed filter for the
  * input gradient, whose w is the forward's [Ci_out, Ci_in] = [i, o] bank). */
@@ -96,8 +80,8 @@ static int matches_direct(const float *y, const float *x, const float *w, const 
 static void check_shape(int64_t B, int64_t Ci, int64_t Co, int64_t H, int64_t W)
 {
     for (int transposed = 0; transposed < 2; transposed++) {
-        float *x = filled(B * Ci * H * W, 21), *w = filled(Co * Ci * 9, 22);
-        float *b = transposed ? NULL : filled(Co, 23);
+        float *x = test_filled(B * Ci * H * W, 21), *w = test_filled(Co * Ci * 9, 22);
+        float *b = transposed ? NULL : test_filled(Co, 23);
         int64_t n = B * Co * H * W;
         /* One spare float past y on each side to catch stores outside it. */
         float *buf = malloc(sizeof(float) * (size_t)(n + 2));
@@ -134,7 +118,7 @@ TEST(winograd_conv3x3_in_several_chunks)
 TEST(winograd_conv3x3_is_bit_identical_across_thread_counts)
 {
     int64_t B = 2, Ci = 40, Co = 24, H = 30, W = 22, n = B * Co * H * W;
-    float *x = filled(B * Ci * H * W, 31), *w = filled(Co * Ci * 9, 32), *b = filled(Co, 33);
+    float *x = test_filled(B * Ci * H * W, 31), *w = test_filled(Co * Ci * 9, 32), *b = test_filled(Co, 33);
     float *y1 = malloc(sizeof(float) * (size_t)n), *y2 = malloc(sizeof(float) * (size_t)n);
     REQUIRE(y1 && y2);
     int threads = omp_get_max_threads();
@@ -172,7 +156,7 @@ TEST(winograd_conv3x3_from_two_threads_at_once)
     /* One thread holds the shared scratch while the other allocates its own;
      * both must still get the single-threaded answer. */
     int64_t nx = JOB_B * JOB_CI * JOB_H * JOB_W, ny = JOB_B * JOB_CO * JOB_H * JOB_W;
-    float *x = filled(nx, 41), *w = filled(JOB_CO * JOB_CI * 9, 42), *b = filled(JOB_CO, 43);
+    float *x = test_filled(nx, 41), *w = test_filled(JOB_CO * JOB_CI * 9, 42), *b = test_filled(JOB_CO, 43);
     float *want = malloc(sizeof(float) * (size_t)ny);
     conv_job jobs[2];
     REQUIRE(want);
